@@ -1,0 +1,24 @@
+# One command each for a fresh machine:  make demo  (train + evaluate on real data)  /  make test
+PYTHON ?= python3
+DIGITS_DIR ?= data/digits
+DEMO_OUT ?= output/demo
+
+.PHONY: install install-test test demo clean
+
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+install-test:
+	$(PYTHON) -m pip install -q -r requirements-test.txt
+
+test: install-test
+	$(PYTHON) -m pytest -q tests
+
+demo: install
+	$(PYTHON) -m pip install -q scikit-learn
+	$(PYTHON) tools/prepare_digits.py --output $(DIGITS_DIR)
+	$(PYTHON) train.py --config_path config/SOFT_tiny_demo_cpu.yml --dataset_path $(DIGITS_DIR) --output_path $(DEMO_OUT)
+	$(PYTHON) eval.py --config_path config/SOFT_tiny_demo_cpu.yml --dataset_path $(DIGITS_DIR) --checkpoint_file_path $(DEMO_OUT)/best.ckpt
+
+clean:
+	rm -rf output rank_* kernel_meta *.ir abnormal_image.jpg

@@ -1,0 +1,17 @@
+"""SOFT, SOFT-Norm and SwiftFormer backbones for MindSpore.
+
+    >>> from models import create_model, list_models
+    >>> net = create_model("soft_tiny", num_classes=1000)
+"""
+import os
+
+# oneDNN's AVX-512 path falls back to a reference convolution kernel on some CPUs (70-150x slower);
+# this must be set before the first convolution runs.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
+
+from .registry import (CheckpointMismatchError, create_model, list_models, load_checkpoint_strict,  # noqa: E402
+                       model_family, register_model)
+from . import softmax_free_vision_transformer  # noqa: E402,F401  (registers the SOFT variants)
+
+__all__ = ["create_model", "list_models", "register_model", "model_family", "load_checkpoint_strict",
+           "CheckpointMismatchError"]

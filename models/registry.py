@@ -1,0 +1,114 @@
+"""Model registry: ``register_model``, ``create_model``, ``list_models``.
+
+Every model family module registers its variant constructors with ``@register_model``.
+A family module may also define the two hooks the PyTorch checkpoint converter uses:
+
+* ``torch_param_names(net) -> dict``: our parameter name -> PyTorch state-dict name;
+* ``variant_overrides_from_torch(state, name) -> dict``: constructor overrides (e.g. depths,
+  ``num_classes``) inferred from the PyTorch state dict ``{torch_name: ndarray}`` when the checkpoint
+  differs from the registered variant.
+"""
+import difflib
+import fnmatch
+import sys
+
+__all__ = ["register_model", "create_model", "list_models", "model_family", "load_checkpoint_strict",
+           "CheckpointMismatchError"]
+
+_ENTRYPOINTS = {}
+_FAMILY_MODULE = {}
+
+
+def register_model(fn):
+    """Decorator: register ``fn`` (returning an ``nn.Cell``) under ``fn.__name__``."""
+    name = fn.__name__
+    if name in _ENTRYPOINTS:
+        raise RuntimeError(f"model {name!r} is registered twice")
+    _ENTRYPOINTS[name] = fn
+    _FAMILY_MODULE[name] = fn.__module__
+    return fn
+
+
+def list_models(pattern="*", include_benchmark=False):
+    """Sorted names of the registered models matching the shell-style ``pattern``.
+
+    Models registered only for benchmarks (their name starts with ``bench_``) are left out
+    unless ``include_benchmark`` is true.
+    """
+    names = [n for n in _ENTRYPOINTS if fnmatch.fnmatch(n, pattern)]
+    if not include_benchmark:
+        names = [n for n in names if not n.startswith("bench_")]
+    return sorted(names)
+
+
+def _check_name(name):
+    if name not in _ENTRYPOINTS:
+        close = difflib.get_close_matches(name, list(_ENTRYPOINTS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown model {name!r}.{hint} Valid models: {', '.join(list_models())}.")
+
+
+def model_family(name):
+    """The module that defines model ``name`` (where the converter hooks live)."""
+    _check_name(name)
+    return sys.modules[_FAMILY_MODULE[name]]
+
+
+def create_model(name, num_classes=1000, pretrained=None, **overrides):
+    """Build a registered model.
+
+    Args:
+        name: a name from ``list_models()``.
+        num_classes: size of the classification head.
+        pretrained: optional path of a MindSpore ``.ckpt`` to load; every parameter must fit.
+        **overrides: constructor arguments that replace the variant's defaults
+            (e.g. ``drop_path_rate=0.1``, ``depths=(1, 3, 20, 4)``).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+        CheckpointMismatchError: ``pretrained`` does not fit the model.
+    """
+    _check_name(name)
+    net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
+    if pretrained:
+        load_checkpoint_strict(net, pretrained)
+    return net
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint whose parameters do not fit the network."""
+
+
+def load_checkpoint_strict(net, ckpt, ignore=()):
+    """Load ``ckpt`` (a path or a name -> Parameter/Tensor dict) into ``net``; every parameter must fit.
+
+    Optimizer state and other entries whose names start with one of ``ignore`` are skipped.
+    Raises CheckpointMismatchError naming missing, unexpected and mis-shaped parameters.
+    """
+    import mindspore as ms
+
+    if isinstance(ckpt, str):
+        import os
+        if not os.path.isfile(ckpt):
+            raise FileNotFoundError(f"Checkpoint file not found: {ckpt}")
+        ckpt = ms.load_checkpoint(ckpt)
+    params = dict(net.parameters_and_names())
+    wanted = {k: v for k, v in ckpt.items() if not k.startswith(tuple(ignore))}
+    missing = sorted(set(params) - set(wanted))
+    unexpected = sorted(set(wanted) - set(params))
+    misshaped = sorted(f"{k} (checkpoint {tuple(wanted[k].shape)}, model {tuple(params[k].shape)})"
+                       for k in set(params) & set(wanted) if tuple(wanted[k].shape) != tuple(params[k].shape))
+    if missing or unexpected or misshaped:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+                parts.append(f"{label}: {shown}")
+        raise CheckpointMismatchError(
+            f"The checkpoint does not fit {type(net).__name__}: " + "; ".join(parts) + ".")
+    values = {k: v if isinstance(v, ms.Parameter) else ms.Parameter(ms.Tensor(v), name=k)
+              for k, v in wanted.items() if k in params}
+    not_loaded, _ = ms.load_param_into_net(net, values, strict_load=True)
+    if not_loaded:
+        raise CheckpointMismatchError(f"The checkpoint could not fill: {', '.join(not_loaded)}.")
+    return net

@@ -1,0 +1,229 @@
+"""Softmax-free attention (SOFT, NeurIPS 2021; SOFT-Norm, IJCV 2024) and the post-norm SOFT block.
+
+Shapes: B batch, h heads, N = H*W tokens, d head dim, m landmarks, D = h*d channels.
+
+The attention replaces softmax(QKᵀ) with a Gaussian kernel and approximates the N x N kernel
+matrix through m landmarks, never forming an N x N matrix:
+
+    X = (K1 · pinv(K2)) · (K1ᵀ · V),  K1 = G(Q, L) [B,h,N,m],  K2 = G(L, L) [B,h,m,m]
+
+with the pseudo-inverse computed by Newton iteration.
+"""
+import math
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import nn, ops
+
+__all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
+           "SoftBlock", "TanhGELU", "DropPath"]
+
+
+def gaussian_kernel(a, b):
+    """G(a, b)_jk = exp(-||a_j - b_k||² / 2) for a [..., n, d] and b [..., m, d] -> [..., n, m].
+
+    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form); the squared norms
+    are reduced with matmuls against ones, which is faster than a last-axis sum on CPU.
+    """
+    ones = ops.ones((a.shape[-1], 1), a.dtype)
+    a_sq = ops.matmul(a * a, ones)                                   # [..., n, 1]
+    b_sq = ops.swapaxes(ops.matmul(b * b, ones), -1, -2)             # [..., 1, m]
+    dist = a_sq + b_sq - 2.0 * ops.matmul(a, ops.swapaxes(b, -1, -2))
+    return ops.exp(-0.5 * dist)
+
+
+def _eye_like(mat):
+    """Identity [m, m] in mat's dtype for a batch of square matrices mat [..., m, m]."""
+    m = mat.shape[-1]
+    return ms.Tensor(np.eye(m), mat.dtype)
+
+
+def _max_row_sum(mat):
+    """max_j Σ_k mat_jk per matrix: [..., m, m] -> [..., 1, 1]."""
+    return mat.sum(axis=-1, keepdims=True).max(axis=-2, keepdims=True)
+
+
+def _newton_steps(inv, mat, iters):
+    """``iters`` Newton-Schulz steps V <- 2V - V·P·V towards P⁻¹."""
+    for _ in range(iters):
+        inv = 2.0 * inv - ops.matmul(ops.matmul(inv, mat), inv)
+    return inv
+
+
+class _InverseWithAnalyticGrad(nn.Cell):
+    """Base of the Newton inverses: the backward treats the output V as the exact inverse of A.
+
+    dL/dA = -Vᵀ (dL/dV) Vᵀ; the Newton steps themselves are never differentiated.
+    Kept in float32 under mixed precision (``keep_fp32``).
+    """
+    keep_fp32 = True
+
+    def __init__(self, iters=20):
+        super().__init__()
+        if not isinstance(iters, int) or iters < 1:
+            raise ValueError(f"the Newton iteration count must be a positive int, got {iters!r}")
+        self.iters = iters
+
+    def bprop(self, mat, out, dout):
+        inv_t = ops.swapaxes(out, -1, -2)
+        return (-ops.matmul(ops.matmul(inv_t, dout), inv_t),)
+
+
+class NewtonInverse(_InverseWithAnalyticGrad):
+    """Pseudo-inverse of SOFT (plain): per matrix A [..., m, m],
+    α = 0.9·2 / (max row sum of A)², P = A + 0.01·I, V₀ = α·P, then ``iters`` Newton steps on P.
+    """
+
+    def construct(self, mat):
+        alpha = 1.8 / ops.square(_max_row_sum(mat))
+        regularised = mat + 0.01 * _eye_like(mat)
+        return _newton_steps(alpha * regularised, regularised, self.iters)
+
+
+class NewtonInverseNorm(_InverseWithAnalyticGrad):
+    """Pseudo-inverse of SOFT-Norm: per matrix A [..., m, m], α₀ = 2 / (max row sum of A)²;
+    α is halved while ||I - A·(αA)||₁ (max absolute column sum) > 1.01, at most ``max_halvings`` times,
+    each matrix on its own (so a sample never depends on its batch-mates); V₀ = αA; then Newton on A.
+    """
+
+    def __init__(self, iters=20, max_halvings=10):
+        super().__init__(iters)
+        self.max_halvings = max_halvings
+
+    def construct(self, mat):
+        alpha = 2.0 / ops.square(_max_row_sum(mat))
+        eye = _eye_like(mat)
+        mat_sq = ops.matmul(mat, mat)  # A·(αA) = α·A², so A² is formed once for every trial α
+        for _ in range(self.max_halvings):
+            col_norm = ops.abs(eye - alpha * mat_sq).sum(axis=-2, keepdims=True).max(axis=-1, keepdims=True)
+            alpha = ops.where(col_norm > 1.01, 0.5 * alpha, alpha)
+        return _newton_steps(alpha * mat, mat, self.iters)
+
+
+class TanhGELU(nn.Cell):
+    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written out: faster than nn.GELU(approximate=True)."""
+
+    def construct(self, x):
+        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))))
+
+
+class DropPath(nn.Cell):
+    """Stochastic depth: zero a whole sample's residual branch with probability ``rate`` while training."""
+
+    def __init__(self, rate=0.0):
+        super().__init__()
+        self.rate = float(rate)
+
+    def construct(self, x):
+        if not self.training or self.rate == 0.0:
+            return x
+        mask = ops.dropout(ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), p=self.rate)
+        return x * mask
+
+
+class SoftKernelAttention(nn.Cell):
+    """The landmark / Gaussian-kernel part of SOFT attention, computed in float32.
+
+    Input q, v [B, h, N, d] with N = H*W; output [B, h, N, d] (before the local conv term).
+
+    Args:
+        head_dim: d.
+        ratio: landmark stride r; m = (H/r)(W/r) landmarks from a Conv2d(d, d, r, stride r) on q.
+        newton_iters: Newton steps of the pseudo-inverse (a Python constant).
+        norm_inverse: SOFT-Norm (D·pinv_N(K2)·D with D = diag(row sums of K2)^-1/2) instead of SOFT.
+    """
+    keep_fp32 = True
+
+    def __init__(self, head_dim, ratio, newton_iters=20, norm_inverse=False):
+        super().__init__()
+        self.ratio = ratio
+        self.landmark = nn.Conv2d(head_dim, head_dim, ratio, stride=ratio, pad_mode="valid", has_bias=False)
+        self.landmark_norm = nn.LayerNorm((head_dim,), epsilon=1e-5)
+        self.landmark_act = nn.GELU(approximate=False)
+        self.norm_inverse = norm_inverse
+        self.inverse = NewtonInverseNorm(newton_iters) if norm_inverse else NewtonInverse(newton_iters)
+
+    def landmarks(self, q, height, width):
+        """q [B, h, N, d] -> landmarks [B, h, m, d]."""
+        b, h, _, d = q.shape
+        grid = q.reshape(b * h, height, width, d).transpose(0, 3, 1, 2)        # [B·h, d, H, W]
+        pooled = self.landmark(grid)                                             # [B·h, d, H/r, W/r]
+        marks = pooled.reshape(b, h, d, -1).swapaxes(-1, -2)                    # [B, h, m, d]
+        return self.landmark_act(self.landmark_norm(marks))
+
+    def construct(self, q, v, height, width):
+        marks = self.landmarks(q, height, width)
+        k1 = gaussian_kernel(q, marks)                                           # [B, h, N, m]
+        k2 = gaussian_kernel(marks, marks)                                       # [B, h, m, m]
+        k2_inv = self.inverse(k2)
+        if self.norm_inverse:
+            d_inv_sqrt = ops.rsqrt(k2.sum(axis=-1, keepdims=True))               # [B, h, m, 1]
+            k2_inv = d_inv_sqrt * k2_inv * d_inv_sqrt.swapaxes(-1, -2)
+        context = ops.matmul(k1.swapaxes(-1, -2), v)                             # [B, h, m, d]
+        return ops.matmul(ops.matmul(k1, k2_inv), context)
+
+
+class SoftAttention(nn.Cell):
+    """SOFT attention on tokens x [B, N, D] of an H x W map -> [B, N, D].
+
+    k = q (no separate key), q scaled by d^(-1/4), landmark kernel attention, plus a depth-wise
+    (per-head) k x k convolution of v as a local term, then the output projection.
+    """
+
+    def __init__(self, dim, num_heads, ratio, local_kernel, newton_iters=20, norm_inverse=False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_scale = 1.0 / math.sqrt(math.sqrt(self.head_dim))
+        self.q = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
+        self.v = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
+        self.kernel = SoftKernelAttention(self.head_dim, ratio, newton_iters, norm_inverse)
+        self.local_conv = nn.Conv2d(num_heads, num_heads, local_kernel, pad_mode="pad", padding=local_kernel // 2,
+                                    group=num_heads, has_bias=False)
+        self.proj = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
+
+    def split_heads(self, x):
+        """[B, N, D] -> [B, h, N, d]."""
+        b, n, _ = x.shape
+        return x.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+
+    def local_term(self, v, height, width):
+        """Per-head k x k conv over the token map, v [B, h, N, d] -> [B, h, N, d]."""
+        b, h, n, d = v.shape
+        grid = v.reshape(b, h, height, width, d).transpose(0, 4, 1, 2, 3).reshape(b * d, h, height, width)
+        out = self.local_conv(grid).reshape(b, d, h, n)
+        return out.transpose(0, 2, 3, 1)
+
+    def construct(self, x, height, width):
+        q = self.split_heads(self.q(x)) * self.q_scale
+        v = self.split_heads(self.v(x))
+        out = self.kernel(q, v, height, width) + self.local_term(v, height, width)
+        b, _, n, _ = out.shape
+        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+
+
+class SoftBlock(nn.Cell):
+    """Post-norm SOFT block on x [B, N, D] -> [B, N, D]:
+    y = LN1(x + Drop(Attn(x))); out = LN2(y + Drop(FFN(y))), FFN = Dense(D, 4D) -> tanh-GELU -> Dense(4D, D).
+
+    ``drop`` is element-wise dropout at the block's drop-path rate, as in the reference.
+    """
+
+    def __init__(self, dim, num_heads, ratio, local_kernel, drop=0.0, newton_iters=20, norm_inverse=False):
+        super().__init__()
+        self.attn = SoftAttention(dim, num_heads, ratio, local_kernel, newton_iters, norm_inverse)
+        self.drop1 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.norm1 = nn.LayerNorm((dim,), epsilon=1e-5)
+        init = ms.common.initializer.TruncatedNormal(0.02)
+        self.fc1 = nn.Dense(dim, 4 * dim, weight_init=init)
+        self.act = TanhGELU()
+        self.fc2 = nn.Dense(4 * dim, dim, weight_init=init)
+        self.drop2 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm((dim,), epsilon=1e-5)
+
+    def construct(self, x, height, width):
+        x = self.norm1(x + self.drop1(self.attn(x, height, width)))
+        return self.norm2(x + self.drop2(self.fc2(self.act(self.fc1(x)))))
