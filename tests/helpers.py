@@ -1,0 +1,47 @@
+"""Shared test helpers: where the PyTorch reference fixtures live and how to compare with them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(os.environ.get("SOFT_FIXTURES", REPO.parent / "shared" / "fixtures" / "torch_reference"))
+
+
+def rel_err(ours, ref):
+    """max|ours - ref| / max|ref|, the fixtures' tolerance measure."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+def fixture_weights(name):
+    """The state-dict arrays of fixture ``name`` (inputs and logits left out)."""
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        return {k: data[k] for k in data.files if not k.startswith(("input", "logits"))}
+
+
+def fixture_arrays(name):
+    """Inputs and reference logits of fixture ``name``."""
+    with np.load(FIXTURES / f"{name}.npz") as data:
+        return {k: data[k] for k in data.files if k.startswith(("input", "logits"))}
+
+
+def run_cli(*args, timeout=600, check=True):
+    """Run ``python ARGS`` from the repository root; returns the CompletedProcess (text output)."""
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def convert_fixture(tmp_path, arch, weights="soft_tiny"):
+    """Convert the fixture weights for ``arch`` through the converter CLI; returns the .ckpt path."""
+    src = tmp_path / f"{weights}_weights.npz"
+    if not src.exists():
+        np.savez(src, **fixture_weights(weights))
+    dst = tmp_path / f"{arch}.ckpt"
+    run_cli("tools/convert_torch_checkpoint.py", "--arch", arch, "--src", src, "--dst", dst)
+    return dst

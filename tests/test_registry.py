@@ -1,0 +1,44 @@
+"""The registry: every registered model builds with its published size and runs; bad names are clear errors."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+
+from models import create_model, list_models
+
+EXPECTED_PARAMS = {  # 1000 classes; SPEC §3 and §5 (SwiftFormer with its distillation head)
+    "soft_tiny": 13_069_056, "soft_small": 24_110_092, "soft_medium": 45_812_707,
+    "soft_large": 64_700_646, "soft_huge": 87_108_273,
+    "soft_norm_tiny": 13_069_056, "soft_norm_small": 24_110_092, "soft_norm_medium": 45_812_707,
+    "soft_norm_large": 64_700_646, "soft_norm_huge": 87_108_273,
+    "SwiftFormer_XS": 3_475_360, "SwiftFormer_S": 6_092_128, "SwiftFormer_L1": 12_057_920,
+    "SwiftFormer_L3": 28_494_736,
+}
+
+
+def test_every_published_model_is_registered():
+    assert set(EXPECTED_PARAMS) <= set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_has_its_published_size_and_runs(name):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = create_model(name)
+    count = sum(int(np.prod(p.shape)) for p in net.trainable_params())
+    assert count == EXPECTED_PARAMS[name]
+    net.set_train(False)
+    out = net(ms.Tensor(np.random.default_rng(0).standard_normal((1, 3, 32, 64)).astype(np.float32))).asnumpy()
+    assert out.shape == (1, 1000) and np.isfinite(out).all()
+
+
+def test_unknown_model_name_lists_the_valid_ones():
+    with pytest.raises(ValueError) as err:
+        create_model("soft_tiney")
+    message = str(err.value)
+    assert "soft_tiny" in message and "Did you mean 'soft_tiny'" in message
+    for name in list_models():
+        assert name in message
+
+
+def test_list_models_filters_by_pattern():
+    assert list_models("soft_norm_*") == sorted(n for n in EXPECTED_PARAMS if n.startswith("soft_norm_"))

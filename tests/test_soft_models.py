@@ -1,0 +1,103 @@
+"""SOFT / SOFT-Norm backbones: parity with the PyTorch reference, batch independence, sizes, training."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import nn
+
+from helpers import convert_fixture, fixture_arrays, rel_err
+from models import create_model
+
+@pytest.fixture(autouse=True)
+def graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+@pytest.mark.parametrize("arch, suffix", [("soft_tiny", ""), ("soft_norm_tiny", "_per_matrix")])
+def test_logits_equal_the_pytorch_reference(tmp_path, arch, suffix):
+    ckpt = convert_fixture(tmp_path, arch)
+    net = create_model(arch, pretrained=str(ckpt))
+    net.set_train(False)
+    ref = fixture_arrays(arch)
+    for size in ("", "_160"):
+        ours = net(ms.Tensor(ref[f"input{size}"])).asnumpy()
+        err = rel_err(ours, ref[f"logits{size}{suffix}"])
+        assert err <= 1e-4, f"{arch} input{size}: max|d|/max|ref| = {err:.2e}"
+
+
+@pytest.mark.parametrize("arch", ["soft_tiny", "soft_norm_tiny"])
+def test_a_sample_gives_the_same_logits_alone_and_in_a_batch(arch):
+    ms.set_seed(0)
+    net = create_model(arch, num_classes=10)
+    net.set_train(False)
+    rng = np.random.default_rng(0)
+    batch = rng.standard_normal((3, 3, 64, 96)).astype(np.float32)
+    batch[1:] *= 4.0  # batch-mates of very different scale must not change sample 0
+    together = net(ms.Tensor(batch)).asnumpy()
+    for i in range(3):
+        alone = net(ms.Tensor(batch[i:i + 1])).asnumpy()
+        assert rel_err(alone[0], together[i]) < 1e-5
+
+
+def test_stage_features_and_pooled_feature_have_the_documented_shapes():
+    net = create_model("soft_tiny", num_classes=0)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 128)).astype(np.float32))
+    feats = net.forward_stages(x)
+    assert [tuple(f.shape) for f in feats] == [(2, 64, 16, 32), (2, 128, 8, 16), (2, 320, 4, 8), (2, 512, 2, 4)]
+    assert tuple(net.forward_features(x).shape) == (2, 512)
+    assert tuple(net(x).shape) == (2, 512)  # no head: the pooled feature
+
+
+@pytest.mark.parametrize("size", [(100, 100), (224, 200), (64, 33)])
+def test_input_size_not_a_multiple_of_32_is_a_clear_error(size):
+    net = create_model("soft_tiny", num_classes=10)
+    x = ms.Tensor(np.zeros((1, 3) + size, np.float32))
+    with pytest.raises(ValueError, match="multiples of 32"):
+        net(x)
+
+
+def test_graph_mode_and_pynative_agree():
+    ms.set_seed(0)
+    net = create_model("soft_norm_tiny", num_classes=10)
+    net.set_train(False)
+    x = ms.Tensor(np.random.default_rng(2).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    graph = net(x).asnumpy()
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    pynative = net(x).asnumpy()
+    assert rel_err(pynative, graph) < 1e-5
+
+
+def _train_step(net, lr=1e-3):
+    loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    step = nn.TrainOneStepCell(loss_net, nn.AdamWeightDecay(net.trainable_params(), learning_rate=lr))
+    step.set_train(True)
+    return step
+
+
+def test_one_training_step_updates_every_parameter():
+    ms.set_seed(0)
+    net = create_model("soft_tiny", num_classes=10, drop_path_rate=0.1)
+    before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
+    step = _train_step(net)
+    rng = np.random.default_rng(3)
+    x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
+    y = ms.Tensor(rng.integers(0, 10, 4).astype(np.int32))
+    loss = float(step(x, y).asnumpy())
+    assert np.isfinite(loss)
+    frozen = [name for name, p in ((p.name, p) for p in net.trainable_params())
+              if np.array_equal(before[name], p.asnumpy())]
+    assert not frozen, f"parameters not updated by a training step: {frozen}"
+
+
+def test_a_few_steps_on_one_batch_drive_the_loss_down():
+    ms.set_seed(0)
+    net = create_model("soft_norm_tiny", num_classes=10)
+    step = _train_step(net, lr=2e-4)
+    rng = np.random.default_rng(4)
+    x = ms.Tensor(rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
+    y = ms.Tensor(np.arange(8, dtype=np.int32) % 10)
+    losses = [float(step(x, y).asnumpy()) for _ in range(5)]
+    assert losses[-1] < 0.2 * losses[0], losses
