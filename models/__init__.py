@@ -12,6 +12,7 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 from .registry import (CheckpointMismatchError, create_model, list_models, load_checkpoint_strict,  # noqa: E402
                        model_family, register_model)
 from . import softmax_free_vision_transformer  # noqa: E402,F401  (registers the SOFT variants)
+from . import swiftformer  # noqa: E402,F401
 
 __all__ = ["create_model", "list_models", "register_model", "model_family", "load_checkpoint_strict",
            "CheckpointMismatchError"]

@@ -15,9 +15,10 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
+from mindspore.common.initializer import TruncatedNormal
 
 __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
-           "SoftBlock", "TanhGELU", "DropPath"]
+           "SoftBlock", "Attention", "Mlp", "Block", "TanhGELU", "DropPath"]
 
 
 def gaussian_kernel(a, b):
@@ -129,25 +130,42 @@ class SoftKernelAttention(nn.Cell):
 
     Args:
         head_dim: d.
-        ratio: landmark stride r; m = (H/r)(W/r) landmarks from a Conv2d(d, d, r, stride r) on q.
+        ratio: landmark stride r: landmarks come from a Conv2d(d, d, r, stride r) over q's H x W map.
         newton_iters: Newton steps of the pseudo-inverse (a Python constant).
         norm_inverse: SOFT-Norm (D·pinv_N(K2)·D with D = diag(row sums of K2)^-1/2) instead of SOFT.
+        landmark_grid: None (default) gives m = (H/r)(W/r) landmarks, growing with the input. An int g
+            first average-pools q's map down to at most (g·r) x (g·r), so that m <= g² whatever the input
+            size and the cost is linear in N. The parameters are the same either way, and at the size the
+            grid was chosen for (g·r = H) both give the same result.
     """
     keep_fp32 = True
 
-    def __init__(self, head_dim, ratio, newton_iters=20, norm_inverse=False):
+    def __init__(self, head_dim, ratio, newton_iters=20, norm_inverse=False, landmark_grid=None):
         super().__init__()
         self.ratio = ratio
+        self.landmark_grid = landmark_grid
         self.landmark = nn.Conv2d(head_dim, head_dim, ratio, stride=ratio, pad_mode="valid", has_bias=False)
         self.landmark_norm = nn.LayerNorm((head_dim,), epsilon=1e-5)
         self.landmark_act = nn.GELU(approximate=False)
         self.norm_inverse = norm_inverse
         self.inverse = NewtonInverseNorm(newton_iters) if norm_inverse else NewtonInverse(newton_iters)
 
+    def num_landmarks(self, height, width):
+        """m for an H x W token map."""
+        rows, cols = height // self.ratio, width // self.ratio
+        if self.landmark_grid is not None:
+            rows, cols = min(rows, self.landmark_grid), min(cols, self.landmark_grid)
+        return rows * cols
+
     def landmarks(self, q, height, width):
         """q [B, h, N, d] -> landmarks [B, h, m, d]."""
         b, h, _, d = q.shape
         grid = q.reshape(b * h, height, width, d).transpose(0, 3, 1, 2)        # [B·h, d, H, W]
+        if self.landmark_grid is not None:
+            side = self.landmark_grid * self.ratio
+            target = (min(height, side), min(width, side))
+            if target != (height, width):
+                grid = ops.adaptive_avg_pool2d(grid, target)
         pooled = self.landmark(grid)                                             # [B·h, d, H/r, W/r]
         marks = pooled.reshape(b, h, d, -1).swapaxes(-1, -2)                    # [B, h, m, d]
         return self.landmark_act(self.landmark_norm(marks))
@@ -171,19 +189,20 @@ class SoftAttention(nn.Cell):
     (per-head) k x k convolution of v as a local term, then the output projection.
     """
 
-    def __init__(self, dim, num_heads, ratio, local_kernel, newton_iters=20, norm_inverse=False):
+    def __init__(self, dim, num_heads, ratio, local_kernel, newton_iters=20, norm_inverse=False,
+                 landmark_grid=None):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_scale = 1.0 / math.sqrt(math.sqrt(self.head_dim))
-        self.q = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
-        self.v = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
-        self.kernel = SoftKernelAttention(self.head_dim, ratio, newton_iters, norm_inverse)
+        self.q = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.v = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.kernel = SoftKernelAttention(self.head_dim, ratio, newton_iters, norm_inverse, landmark_grid)
         self.local_conv = nn.Conv2d(num_heads, num_heads, local_kernel, pad_mode="pad", padding=local_kernel // 2,
                                     group=num_heads, has_bias=False)
-        self.proj = nn.Dense(dim, dim, weight_init=ms.common.initializer.TruncatedNormal(0.02))
+        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
 
     def split_heads(self, x):
         """[B, N, D] -> [B, h, N, d]."""
@@ -210,14 +229,22 @@ class SoftBlock(nn.Cell):
     y = LN1(x + Drop(Attn(x))); out = LN2(y + Drop(FFN(y))), FFN = Dense(D, 4D) -> tanh-GELU -> Dense(4D, D).
 
     ``drop`` is element-wise dropout at the block's drop-path rate, as in the reference.
+    ``attention="softmax"`` swaps in standard softmax attention (the quadratic-cost control of the
+    scaling benchmark); everything else is unchanged.
     """
 
-    def __init__(self, dim, num_heads, ratio, local_kernel, drop=0.0, newton_iters=20, norm_inverse=False):
+    def __init__(self, dim, num_heads, ratio, local_kernel, drop=0.0, newton_iters=20, norm_inverse=False,
+                 landmark_grid=None, attention="soft"):
         super().__init__()
-        self.attn = SoftAttention(dim, num_heads, ratio, local_kernel, newton_iters, norm_inverse)
+        if attention == "soft":
+            self.attn = SoftAttention(dim, num_heads, ratio, local_kernel, newton_iters, norm_inverse, landmark_grid)
+        elif attention == "softmax":
+            self.attn = Attention(dim, num_heads)
+        else:
+            raise ValueError(f"attention must be 'soft' or 'softmax', got {attention!r}")
         self.drop1 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
         self.norm1 = nn.LayerNorm((dim,), epsilon=1e-5)
-        init = ms.common.initializer.TruncatedNormal(0.02)
+        init = TruncatedNormal(0.02)
         self.fc1 = nn.Dense(dim, 4 * dim, weight_init=init)
         self.act = TanhGELU()
         self.fc2 = nn.Dense(4 * dim, dim, weight_init=init)
@@ -227,3 +254,59 @@ class SoftBlock(nn.Cell):
     def construct(self, x, height, width):
         x = self.norm1(x + self.drop1(self.attn(x, height, width)))
         return self.norm2(x + self.drop2(self.fc2(self.act(self.fc1(x)))))
+
+
+class Mlp(nn.Cell):
+    """Dense(D, hidden) -> exact GELU -> Dense(hidden, D) on [..., D]."""
+
+    def __init__(self, dim, hidden, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Dense(dim, hidden, weight_init=TruncatedNormal(0.02))
+        self.act = nn.GELU(approximate=False)
+        self.fc2 = nn.Dense(hidden, dim, weight_init=TruncatedNormal(0.02))
+        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
+
+    def construct(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Attention(nn.Cell):
+    """Multi-head softmax attention on x [B, N, D] -> [B, N, D] (q and kv projections, scale d^-0.5).
+
+    ``height`` / ``width`` are accepted (and unused) so that it can stand in for SoftAttention.
+    """
+
+    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.q = nn.Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.kv = nn.Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
+        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
+
+    def construct(self, x, height=0, width=0):
+        b, n, dim = x.shape
+        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
+        attn = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * self.scale, axis=-1)
+        out = ops.matmul(self.attn_drop(attn), kv[1]).transpose(0, 2, 1, 3).reshape(b, n, dim)
+        return self.proj_drop(self.proj(out))
+
+
+class Block(nn.Cell):
+    """Pre-norm softmax transformer block (stage 4) on [B, N, D], LayerNorm eps 1e-6."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0, drop_path=0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm((dim,), epsilon=1e-6)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm((dim,), epsilon=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def construct(self, x):
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))

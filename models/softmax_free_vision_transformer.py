@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .registry import register_model
-from .softmax_free_transformer import DropPath, SoftBlock
+from .softmax_free_transformer import Block, SoftBlock
 
 __all__ = ["SoftmaxFreeVisionTransformer", "VARIANTS"]
 
@@ -52,59 +52,6 @@ class PatchEmbed(nn.Cell):
         return self.proj(x)
 
 
-class Mlp(nn.Cell):
-    """Dense(D, hidden) -> exact GELU -> Dense(hidden, D) on [..., D]."""
-
-    def __init__(self, dim, hidden, drop=0.0):
-        super().__init__()
-        self.fc1 = nn.Dense(dim, hidden, weight_init=TruncatedNormal(0.02))
-        self.act = nn.GELU(approximate=False)
-        self.fc2 = nn.Dense(hidden, dim, weight_init=TruncatedNormal(0.02))
-        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
-
-    def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class Attention(nn.Cell):
-    """Multi-head softmax attention on x [B, N, D] -> [B, N, D] (q and kv projections, scale d^-0.5)."""
-
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.q = nn.Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.kv = nn.Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
-        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
-
-    def construct(self, x):
-        b, n, dim = x.shape
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        attn = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * self.scale, axis=-1)
-        out = ops.matmul(self.attn_drop(attn), kv[1]).transpose(0, 2, 1, 3).reshape(b, n, dim)
-        return self.proj_drop(self.proj(out))
-
-
-class Block(nn.Cell):
-    """Pre-norm softmax transformer block (stage 4) on [B, N, D], LayerNorm eps 1e-6."""
-
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0, drop_path=0.0):
-        super().__init__()
-        self.norm1 = nn.LayerNorm((dim,), epsilon=1e-6)
-        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = nn.LayerNorm((dim,), epsilon=1e-6)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
-
-    def construct(self, x):
-        x = x + self.drop_path(self.attn(self.norm1(x)))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
-
-
 def resize_pos_table(table, grid, height, width):
     """Bilinearly resize a learned [1, grid², D] table to [1, height·width, D] (half-pixel centres)."""
     if height == grid and width == grid:
@@ -139,11 +86,19 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         drop_path_rate: top of the linear drop-path ramp over all blocks.
         newton_iters: Newton steps of the pseudo-inverse.
         norm_inverse: SOFT-Norm instead of SOFT.
+        landmarks: "conv" (the published model: m = N/r² landmarks, growing with the input) or "pool"
+            (at most landmark_grid² landmarks per stage whatever the input size: linear cost; same
+            parameters, and identical to "conv" at 224 x 224 with the default grid of 7).
+        landmark_grid: the fixed landmark grid side for landmarks="pool".
+        attention: "soft", or "softmax" for standard attention in stages 1-3 (a benchmark control).
     """
 
     def __init__(self, embed_dims, num_heads, depths, num_classes=1000, in_chans=3, mlp_ratio=4.0, qkv_bias=True,
-                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, newton_iters=20, norm_inverse=False):
+                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.0, newton_iters=20, norm_inverse=False,
+                 landmarks="conv", landmark_grid=7, attention="soft"):
         super().__init__()
+        if landmarks not in ("conv", "pool"):
+            raise ValueError(f"landmarks must be 'conv' or 'pool', got {landmarks!r}")
         if len(embed_dims) != 4 or len(num_heads) != 4 or len(depths) != 4:
             raise ValueError("embed_dims, num_heads and depths need one entry per stage (4)")
         self.num_classes = num_classes
@@ -162,7 +117,8 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         for i in range(3):
             setattr(self, f"block{i + 1}", nn.CellList([
                 SoftBlock(embed_dims[i], num_heads[i], LANDMARK_RATIOS[i], LOCAL_KERNELS[i], rates[starts[i] + j],
-                          newton_iters, norm_inverse) for j in range(depths[i])]))
+                          newton_iters, norm_inverse, landmark_grid if landmarks == "pool" else None, attention)
+                for j in range(depths[i])]))
         self.block4 = nn.CellList([
             Block(embed_dims[3], num_heads[3], mlp_ratio, qkv_bias, drop_rate, attn_drop_rate, rates[starts[3] + j])
             for j in range(depths[3])])
@@ -295,6 +251,12 @@ def soft_norm_large(num_classes=1000, **overrides):
 def soft_norm_huge(num_classes=1000, **overrides):
     """SOFT-Norm-Huge."""
     return _build("huge", True, num_classes, **overrides)
+
+
+@register_model
+def bench_soft_tiny_softmax(num_classes=1000, **overrides):
+    """Benchmark control: soft_tiny's widths and depths with softmax attention in stages 1-3 (quadratic)."""
+    return _build("tiny", False, num_classes, attention="softmax", **overrides)
 
 
 # ----------------------------------------------------------------------------------------------------
