@@ -10,7 +10,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .registry import register_model
-from .softmax_free_transformer import Block, SoftBlock
+from .softmax_free_transformer import Block, LayerNorm, SoftBlock
 
 __all__ = ["SoftmaxFreeVisionTransformer", "VARIANTS"]
 
@@ -125,7 +125,7 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
         self.cls_token = ms.Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dims[3]), ms.float32),
                                       name="cls_token")
-        self.norm = nn.LayerNorm((embed_dims[3],), epsilon=1e-6)
+        self.norm = LayerNorm(embed_dims[3], 1e-6)
         self.head = nn.Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
             if num_classes > 0 else nn.Identity()
 
