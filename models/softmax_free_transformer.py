@@ -22,6 +22,11 @@ __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelA
            "SoftBlock", "Attention", "Mlp", "Block", "TanhGELU", "DropPath", "LayerNorm", "HeadwiseConv"]
 
 
+# Export note: the attention is written with ops MindSpore's MINDIR and ONNX exporters both handle
+# (``ops.div`` rather than a Python number divided by a tensor, which becomes Reciprocal; no Rsqrt; static
+# landmark counts so that a dynamic batch axis leaves every other axis known at compile time).
+
+
 def gaussian_kernel(a, b):
     """G(a, b)_jk = exp(-||a_j - b_k||² / 2) for a [..., n, d] and b [..., m, d] -> [..., n, m].
 
@@ -78,7 +83,7 @@ class NewtonInverse(_InverseWithAnalyticGrad):
     """
 
     def construct(self, mat):
-        alpha = 1.8 / ops.square(_max_row_sum(mat))
+        alpha = ops.div(1.8, ops.square(_max_row_sum(mat)))
         regularised = mat + 0.01 * _eye_like(mat)
         return _newton_steps(alpha * regularised, regularised, self.iters)
 
@@ -94,7 +99,7 @@ class NewtonInverseNorm(_InverseWithAnalyticGrad):
         self.max_halvings = max_halvings
 
     def construct(self, mat):
-        alpha = 2.0 / ops.square(_max_row_sum(mat))
+        alpha = ops.div(2.0, ops.square(_max_row_sum(mat)))
         eye = _eye_like(mat)
         mat_sq = ops.matmul(mat, mat)  # A·(αA) = α·A², so A² is formed once for every trial α
         for _ in range(self.max_halvings):
@@ -250,7 +255,7 @@ class SoftKernelAttention(nn.Cell):
             if target != (height, width):
                 grid = ops.adaptive_avg_pool2d(grid, target)
         pooled = self.landmark(grid)                                             # [B·h, d, H/r, W/r]
-        marks = pooled.reshape(b, h, d, -1).swapaxes(-1, -2)                    # [B, h, m, d]
+        marks = pooled.reshape(b, h, d, pooled.shape[2] * pooled.shape[3]).swapaxes(-1, -2)  # [B, h, m, d]
         return self.landmark_act(self.landmark_norm(marks))
 
     def construct(self, q, v, height, width):
@@ -259,7 +264,7 @@ class SoftKernelAttention(nn.Cell):
         k2 = gaussian_kernel(marks, marks)                                       # [B, h, m, m]
         k2_inv = self.inverse(k2)
         if self.norm_inverse:
-            d_inv_sqrt = ops.rsqrt(k2.sum(axis=-1, keepdims=True))               # [B, h, m, 1]
+            d_inv_sqrt = ops.div(1.0, ops.sqrt(k2.sum(axis=-1, keepdims=True)))  # [B, h, m, 1]
             k2_inv = d_inv_sqrt * k2_inv * d_inv_sqrt.swapaxes(-1, -2)
         context = ops.matmul(k1.swapaxes(-1, -2), v)                             # [B, h, m, d]
         return ops.matmul(ops.matmul(k1, k2_inv), context)

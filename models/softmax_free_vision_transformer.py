@@ -5,6 +5,8 @@ with D_i channels. Variants are rows of ``VARIANTS``; ``soft_norm_*`` differ onl
 """
 import re
 
+import numpy as np
+
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
@@ -52,14 +54,35 @@ class PatchEmbed(nn.Cell):
         return self.proj(x)
 
 
+def bilinear_matrix(out_size, in_size):
+    """[out_size, in_size] matrix M with M @ v = bilinear resize of v (half-pixel centres, align_corners
+    False, no antialiasing: what ``interpolate(mode="bilinear")`` of PyTorch and MindSpore computes)."""
+    mat = np.zeros((out_size, in_size), np.float32)
+    scale = in_size / out_size
+    for i in range(out_size):
+        src = max((i + 0.5) * scale - 0.5, 0.0)
+        lo = min(int(src), in_size - 1)
+        hi = min(lo + 1, in_size - 1)
+        mat[i, lo] += 1.0 - (src - lo)
+        mat[i, hi] += src - lo
+    return mat
+
+
 def resize_pos_table(table, grid, height, width):
-    """Bilinearly resize a learned [1, grid², D] table to [1, height·width, D] (half-pixel centres)."""
+    """Bilinearly resize a learned [1, grid², D] table to [1, height·width, D] (half-pixel centres).
+
+    Written as two matmuls with constant interpolation matrices (the sizes are known at compile time),
+    which every exporter handles, unlike a resize operator.
+    """
     if height == grid and width == grid:
         return table
     dim = table.shape[-1]
-    grid_map = table.reshape(1, grid, grid, dim).transpose(0, 3, 1, 2)
-    resized = ops.interpolate(grid_map, size=(height, width), mode="bilinear", align_corners=False)
-    return resized.reshape(1, dim, height * width).transpose(0, 2, 1)
+    rows = ms.Tensor(bilinear_matrix(height, grid))                          # [H, g]
+    cols = ms.Tensor(bilinear_matrix(width, grid))                           # [W, g]
+    by_row = ops.matmul(rows, table.reshape(grid, grid * dim))              # [H, g·D]
+    by_col = by_row.reshape(height, grid, dim).transpose(1, 0, 2).reshape(grid, height * dim)
+    resized = ops.matmul(cols, by_col).reshape(width, height, dim)          # [W, H, D]
+    return resized.transpose(1, 0, 2).reshape(1, height * width, dim)
 
 
 def _tokens(x):
