@@ -1,0 +1,86 @@
+"""Where this process sits in a job: device, rank, number of devices, job id, read from the environment.
+
+The ONE place that reads the launchers' environment variables; no other module should:
+
+================  ==========================================================================
+launcher          variables set per process
+================  ==========================================================================
+rank table        DEVICE_ID, RANK_ID, RANK_SIZE (scripts/run_distribute_train_ascend.sh)
+msrun             DEVICE_ID (= local rank), RANK_ID (= MS_NODE_ID), RANK_SIZE, MS_WORKER_NUM
+mpirun            OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
+ModelArts         the above plus JOB_ID (MA_JOB_ID on newer images)
+================  ==========================================================================
+
+Nothing here imports MindSpore: these helpers run before the context is set (e.g. to decide which
+process copies the data of a ModelArts job). Inside a running distributed job the communication group
+(``mindspore.communication.get_rank``) is authoritative; these functions agree with it for the
+launchers above.
+"""
+import os
+
+__all__ = ["get_device_id", "get_device_num", "get_rank_id", "get_local_rank_id", "get_job_id",
+           "is_first_local_rank", "describe"]
+
+#: devices per server assumed when only a global count is known (Ascend 910 / GPU servers have 8)
+DEVICES_PER_SERVER = 8
+
+
+def _env_int(names, default):
+    for name in names:
+        value = os.environ.get(name, "").strip()
+        if value:
+            try:
+                return int(value)
+            except ValueError:
+                raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+    return default
+
+
+def get_device_id():
+    """The device index of this process on its server: DEVICE_ID (default 0)."""
+    return _env_int(("DEVICE_ID",), 0)
+
+
+def get_device_num():
+    """Devices (processes) in the job: RANK_SIZE, else msrun's MS_WORKER_NUM, else mpirun's size, else 1."""
+    return max(1, _env_int(("RANK_SIZE", "MS_WORKER_NUM", "OMPI_COMM_WORLD_SIZE"), 1))
+
+
+def get_rank_id():
+    """Global rank: RANK_ID, else msrun's MS_NODE_ID, else mpirun's rank, else 0."""
+    return _env_int(("RANK_ID", "MS_NODE_ID", "OMPI_COMM_WORLD_RANK"), 0)
+
+
+def get_local_rank_id():
+    """Rank of this process among those of its server.
+
+    LOCAL_RANK or mpirun's local rank when set; otherwise DEVICE_ID modulo the devices per server
+    (msrun and the rank-table script export DEVICE_ID = local index); 0 in a single-device job.
+    """
+    explicit = _env_int(("LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_RANK"), None)
+    if explicit is not None:
+        return explicit
+    num = get_device_num()
+    if num == 1:
+        return 0
+    return get_device_id() % min(num, DEVICES_PER_SERVER)
+
+
+def is_first_local_rank():
+    """True for the one process per server that does per-server work (e.g. copying the dataset)."""
+    return get_local_rank_id() == 0
+
+
+def get_job_id():
+    """The job's id: JOB_ID or MA_JOB_ID (ModelArts), else "default"."""
+    for name in ("JOB_ID", "MA_JOB_ID"):
+        value = os.environ.get(name, "").strip()
+        if value:
+            return value
+    return "default"
+
+
+def describe():
+    """One line for logs: ``rank 0/8, device 0, local rank 0, job default``."""
+    return (f"rank {get_rank_id()}/{get_device_num()}, device {get_device_id()}, "
+            f"local rank {get_local_rank_id()}, job {get_job_id()}")
