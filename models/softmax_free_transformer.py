@@ -161,8 +161,8 @@ class _HeadwiseConvFn(nn.Cell):
     def __init__(self, channels, kernel):
         super().__init__()
         pad = kernel // 2
-        self.conv = ops.Conv2D(channels, kernel, pad_mode="pad", pad=pad, group=channels)
-        self.filter_grad = _grad_ops.Conv2DBackpropFilter(channels, kernel, pad_mode="pad", pad=pad,
+        self.conv = ops.Conv2D(channels, (kernel, kernel), pad_mode="pad", pad=pad, group=channels)
+        self.filter_grad = _grad_ops.Conv2DBackpropFilter(channels, (kernel, kernel), pad_mode="pad", pad=pad,
                                                           pad_list=(pad, pad, pad, pad), group=channels)
 
     def construct(self, x, weight):
