@@ -14,9 +14,11 @@ Speed notes (the numerics are the reference's up to float32 rounding, ~1e-7):
 * every feature map stays channels-first [B, C, H, W]; the attention reads it as tokens [B, C, N]
   (N = H*W, a free reshape) and applies its Linear layers as W @ x, so no transpose is needed;
 * in evaluation mode each BatchNorm is folded into the convolution before or after it;
-* on CPU two small fused kernels (bias + exact GELU, and the layer-scaled residual x + s * (z + b))
-  are compiled once with the system C++ compiler and run as MindSpore ``Custom`` operators; without a
-  compiler, or with ``fused_kernels=False`` (e.g. for MINDIR export), standard operators are used.
+* on CPU a few small fused kernels (bias + exact GELU and the layer-scaled residual x + s * (z + b);
+  in evaluation mode also the 3x3 depthwise convolution, the key/query normalisation and the stem's
+  bias + ReLU) are compiled once with the system C++ compiler and run as MindSpore ``Custom``
+  operators. Without a compiler, or with ``fused_kernels=False`` (use this for MINDIR / ONNX export),
+  standard operators are used.
 
     >>> from models import create_model
     >>> net = create_model("SwiftFormer_XS")            # 3,475,360 parameters
@@ -145,6 +147,29 @@ void parallel_planes(int64_t planes, int64_t plane_size, Body body) {
   for (auto &th : pool) th.join();
 }
 
+// one output row of a 3x3 depthwise convolution (zero padding 1): out += w0 * row[j-1] + w1 * row[j] + w2 * row[j+1]
+void depthwise_row(float *__restrict out, const float *__restrict row, float w0, float w1, float w2, int64_t W) {
+  if (W == 1) {
+    out[0] += w1 * row[0];
+    return;
+  }
+  out[0] += w1 * row[0] + w2 * row[1];
+  for (int64_t j = 1; j < W - 1; ++j) out[j] += w0 * row[j - 1] + w1 * row[j] + w2 * row[j + 1];
+  out[W - 1] += w0 * row[W - 2] + w1 * row[W - 1];
+}
+
+void depthwise_plane(const float *__restrict x, const float *__restrict w, float *__restrict y, int64_t H,
+                     int64_t W) {
+  for (int64_t i = 0; i < H; ++i) {
+    float *out = y + i * W;
+    for (int64_t j = 0; j < W; ++j) out[j] = 0.0f;
+    for (int64_t d = 0; d < 3; ++d) {
+      const int64_t r = i + d - 1;
+      if (r >= 0 && r < H) depthwise_row(out, x + r * W, w[3 * d], w[3 * d + 1], w[3 * d + 2], W);
+    }
+  }
+}
+
 // [B, C, ...] -> B*C planes of prod(...) elements; plane p has channel p % C.
 void plane_layout(int nd, const int64_t *shape, int64_t &planes, int64_t &size, int64_t &channels) {
   channels = nd > 1 ? shape[1] : 1;
@@ -183,6 +208,96 @@ extern "C" int SwiftBiasGeluGrad(int, void **params, int *ndims, int64_t **shape
   return 0;
 }
 
+// y = depthwise 3x3 convolution of x (stride 1, zero padding 1, no bias);  params: x [B, C, H, W], w [C, 1, 3, 3], y
+extern "C" int SwiftDepthwise3x3(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  if (ndims[0] != 4) return 1;
+  const int64_t C = shapes[0][1], H = shapes[0][2], W = shapes[0][3];
+  parallel_planes(shapes[0][0] * C, H * W, [=](int64_t s, int64_t e) {
+    for (int64_t p = s; p < e; ++p) depthwise_plane(x + p * H * W, w + (p % C) * 9, y + p * H * W, H, W);
+  });
+  return 0;
+}
+
+// Key/query normalisation of the attention, per token n of sample b (kq = [k; q] channels-first, 2C rows):
+//   y[b, c, n] = (kq[b, c, n] + bias[c]) / max(|k_n| or |q_n|, 1e-12),  a[b, n] = (wg . q_n) / max(|q_n|, 1e-12)
+// params: kq [B, 2C, N], bias [2C], wg [C], y [B, 2C, N], a [B, 1, N]
+extern "C" int SwiftKeyQueryNorm(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *kq = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  const float *wg = static_cast<const float *>(params[2]);
+  float *y = static_cast<float *>(params[3]);
+  float *a = static_cast<float *>(params[4]);
+  if (ndims[0] != 3) return 1;
+  const int64_t C2 = shapes[0][1], C = C2 / 2, N = shapes[0][2];
+  constexpr int64_t kChunk = 256;
+  const int64_t chunks = (N + kChunk - 1) / kChunk;
+  parallel_planes(shapes[0][0] * chunks, C2 * (N < kChunk ? N : kChunk), [=](int64_t s, int64_t e) {
+    float ssk[kChunk], ssq[kChunk], dot[kChunk];
+    for (int64_t task = s; task < e; ++task) {
+      const int64_t b = task / chunks, n0 = (task % chunks) * kChunk;
+      const int64_t len = (N - n0) < kChunk ? (N - n0) : kChunk;
+      const float *xb = kq + b * C2 * N + n0;
+      float *yb = y + b * C2 * N + n0;
+      for (int64_t j = 0; j < len; ++j) ssk[j] = ssq[j] = dot[j] = 0.0f;
+      for (int64_t c = 0; c < C; ++c) {
+        const float *row = xb + c * N;
+        const float bc = bias[c];
+        for (int64_t j = 0; j < len; ++j) {
+          const float v = row[j] + bc;
+          ssk[j] += v * v;
+        }
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        const float *row = xb + (C + c) * N;
+        const float bc = bias[C + c], w = wg[c];
+        for (int64_t j = 0; j < len; ++j) {
+          const float v = row[j] + bc;
+          ssq[j] += v * v;
+          dot[j] += w * v;
+        }
+      }
+      for (int64_t j = 0; j < len; ++j) {
+        const float nk = __builtin_sqrtf(ssk[j]), nq = __builtin_sqrtf(ssq[j]);
+        ssk[j] = 1.0f / (nk > 1e-12f ? nk : 1e-12f);
+        ssq[j] = 1.0f / (nq > 1e-12f ? nq : 1e-12f);
+        a[b * N + n0 + j] = dot[j] * ssq[j];
+      }
+      for (int64_t c = 0; c < C2; ++c) {
+        const float *row = xb + c * N;
+        float *out = yb + c * N;
+        const float bc = bias[c];
+        const float *inv = c < C ? ssk : ssq;
+        for (int64_t j = 0; j < len; ++j) out[j] = (row[j] + bc) * inv[j];
+      }
+    }
+  });
+  return 0;
+}
+
+// y = max(x + bias[c], 0);  params: x [B, C, ...], bias [C], y
+extern "C" int SwiftBiasRelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *bias = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  int64_t planes, size, channels;
+  plane_layout(ndims[0], shapes[0], planes, size, channels);
+  parallel_planes(planes, size, [=](int64_t s, int64_t e) {
+    for (int64_t p = s; p < e; ++p) {
+      const float b = bias[p % channels];
+      const float *__restrict xp = x + p * size;
+      float *__restrict yp = y + p * size;
+      for (int64_t i = 0; i < size; ++i) {
+        const float v = xp[i] + b;
+        yp[i] = v > 0.0f ? v : 0.0f;
+      }
+    }
+  });
+  return 0;
+}
+
 // y = x + scale[c] * (z + bias[c]);  params: x [B, C, ...], z [B, C, ...], scale [C, 1, 1], bias [C], y
 extern "C" int SwiftScaleResidual(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
@@ -216,6 +331,19 @@ def _cpu_flags():
     return set()
 
 
+def _kernel_flag_sets():
+    """Compiler flag sets to try, best first (AVX-512 / AVX2 builds where the CPU has them)."""
+    base = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
+    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    sets = [base]
+    if {"avx2", "fma"} <= cpu:
+        sets.insert(0, base + ["-mavx2", "-mfma"])
+        if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu:
+            sets.insert(0, sets[0] + ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+                                      "-mprefer-vector-width=512"])
+    return sets
+
+
 def _compile_kernel_library():
     """Compile ``_KERNEL_SOURCE`` once per machine into a cached shared library; returns its path."""
     if platform.system() != "Linux":
@@ -223,10 +351,6 @@ def _compile_kernel_library():
     cxx = shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler (g++) found")
-    flags = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
-    if platform.machine() in ("x86_64", "AMD64") and {"avx2", "fma"} <= _cpu_flags():
-        flags += ["-mavx2", "-mfma"]
-    key = hashlib.sha1("\0".join([_KERNEL_SOURCE, cxx] + flags).encode()).hexdigest()[:16]
     cache_dir = os.environ.get("SWIFTFORMER_KERNEL_DIR") or os.path.join(
         os.path.expanduser("~"), ".cache", "mindspore_swiftformer")
     try:
@@ -234,24 +358,28 @@ def _compile_kernel_library():
     except OSError:
         cache_dir = os.path.join(tempfile.gettempdir(), "mindspore_swiftformer")
         os.makedirs(cache_dir, exist_ok=True)
-    lib = os.path.join(cache_dir, f"swiftformer_cpu_{key}.so")
-    if os.path.isfile(lib):
-        return lib
-    fd, src = tempfile.mkstemp(suffix=".cc", dir=cache_dir)
-    tmp_lib = src[:-3] + ".so"
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(_KERNEL_SOURCE)
-        proc = subprocess.run([cxx] + flags + ["-o", tmp_lib, src], capture_output=True, text=True, timeout=300,
-                              check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"{cxx} failed: {proc.stderr.strip()[-500:]}")
-        os.replace(tmp_lib, lib)  # atomic: concurrent ranks may compile at the same time
-    finally:
-        for path in (src, tmp_lib):
-            if os.path.exists(path):
-                os.remove(path)
-    return lib
+    error = None
+    for flags in _kernel_flag_sets():
+        key = hashlib.sha1("\0".join([_KERNEL_SOURCE, cxx] + flags).encode()).hexdigest()[:16]
+        lib = os.path.join(cache_dir, f"swiftformer_cpu_{key}.so")
+        if os.path.isfile(lib):
+            return lib
+        fd, src = tempfile.mkstemp(suffix=".cc", dir=cache_dir)
+        tmp_lib = src[:-3] + ".so"
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(_KERNEL_SOURCE)
+            proc = subprocess.run([cxx] + flags + ["-o", tmp_lib, src], capture_output=True, text=True,
+                                  timeout=300, check=False)
+            if proc.returncode == 0:
+                os.replace(tmp_lib, lib)  # atomic: concurrent ranks may compile at the same time
+                return lib
+            error = f"{cxx} failed: {proc.stderr.strip()[-500:]}"
+        finally:
+            for path in (src, tmp_lib):
+                if os.path.exists(path):
+                    os.remove(path)
+    raise RuntimeError(error)
 
 
 def _first_shape(*shapes):
@@ -262,8 +390,17 @@ def _first_dtype(*dtypes):
     return dtypes[0]
 
 
+def _key_query_norm_shapes(kq, bias, wg):
+    return kq, [kq[0], 1, kq[2]]
+
+
+def _key_query_norm_dtypes(kq, bias, wg):
+    return kq, kq
+
+
 def _make_fused_ops():
-    """Build the Custom operators: {'bias_gelu': op(x, bias), 'scale_residual': op(x, z, scale, bias)}."""
+    """Build the Custom operators: bias_gelu(x, bias), scale_residual(x, z, scale, bias); for evaluation
+    depthwise3x3(x, w), bias_relu(x, bias) and key_query_norm(kq, bias, wg) -> (kq normalised, a)."""
     lib = _compile_kernel_library()
     bias_gelu_grad = ops.Custom(f"{lib}:SwiftBiasGeluGrad", _first_shape, _first_dtype, func_type="aot")
 
@@ -281,6 +418,11 @@ def _make_fused_ops():
                                 bprop=bias_gelu_bprop),
         "scale_residual": ops.Custom(f"{lib}:SwiftScaleResidual", _first_shape, _first_dtype, func_type="aot",
                                      bprop=scale_residual_bprop),
+        # evaluation only (training uses standard operators and their gradients)
+        "depthwise3x3": ops.Custom(f"{lib}:SwiftDepthwise3x3", _first_shape, _first_dtype, func_type="aot"),
+        "bias_relu": ops.Custom(f"{lib}:SwiftBiasRelu", _first_shape, _first_dtype, func_type="aot"),
+        "key_query_norm": ops.Custom(f"{lib}:SwiftKeyQueryNorm", _key_query_norm_shapes, _key_query_norm_dtypes,
+                                     func_type="aot"),
     }
 
 
@@ -306,8 +448,14 @@ def fused_kernels_available():
 
 
 def _resolve_fused(fused_kernels):
-    """None (auto: on when the device target is CPU) / True (required) / False -> the operators or None."""
+    """None (auto) / True (required) / False -> the operators or None.
+
+    Auto means: on when the device target is CPU, unless the environment variable
+    ``SWIFTFORMER_FUSED_KERNELS`` is 0 / false / off (export scripts can set it).
+    """
     if fused_kernels is None:
+        if os.environ.get("SWIFTFORMER_FUSED_KERNELS", "").strip().lower() in ("0", "false", "off", "no"):
+            return None
         if ms.get_context("device_target") != "CPU":
             return None
         return _fused_ops()
@@ -346,6 +494,25 @@ class ScaleResidual(nn.Cell):
         if self.use_fused and x.dtype == ms.float32:
             return self.fused(x, z, scale, bias)
         return x + scale * (z + bias.reshape(-1, 1, 1))
+
+
+class Depthwise3x3(nn.Cell):
+    """Depthwise 3x3 convolution, stride 1, zero padding 1, no bias: x [B, C, H, W], w [C, 1, 3, 3] -> [B, C, H, W].
+
+    The fused CPU kernel is used for float32 when given (it has no gradient: evaluation mode only).
+    """
+
+    def __init__(self, conv, fused=None):
+        super().__init__()
+        self.use_fused = fused is not None
+        if self.use_fused:
+            self.fused = fused["depthwise3x3"]
+        self.conv2d = conv.conv2d
+
+    def construct(self, x, weight):
+        if self.use_fused and x.dtype == ms.float32:
+            return self.fused(x, weight)
+        return self.conv2d(x, weight)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -417,13 +584,25 @@ class Stem(nn.SequentialCell):
     A SequentialCell so that the parameter paths are the reference's (``patch_embed.0.weight``, ...).
     """
 
-    def __init__(self, in_ch, out_ch):
+    def __init__(self, in_ch, out_ch, fused=None):
         super().__init__([_conv(in_ch, out_ch // 2, 3, stride=2), _bn(out_ch // 2), nn.ReLU(),
                           _conv(out_ch // 2, out_ch, 3, stride=2), _bn(out_ch), nn.ReLU()])
+        self.use_fused = fused is not None
+        if self.use_fused:
+            self.bias_relu = fused["bias_relu"]
+
+    def _conv_bn_relu(self, conv, bn, relu, x):
+        if self.training:
+            return relu(bn(conv(x)))
+        s, t = _bn_affine(bn)  # evaluation: BN folded into the convolution
+        y = conv.conv2d(x, conv.weight * s.reshape(-1, 1, 1, 1))
+        if self.use_fused and x.dtype == ms.float32:
+            return self.bias_relu(y, conv.bias * s + t)
+        return relu(ops.bias_add(y, conv.bias * s + t))
 
     def construct(self, x):
-        x = self[2](_conv_bn(self[0], self[1], x, self.training))
-        return self[5](_conv_bn(self[3], self[4], x, self.training))
+        x = self._conv_bn_relu(self[0], self[1], self[2], x)
+        return self._conv_bn_relu(self[3], self[4], self[5], x)
 
 
 class Embedding(nn.Cell):
@@ -453,6 +632,7 @@ class ConvEncoder(nn.Cell):
     def __init__(self, dim, hidden, drop_path=0.0, fused=None):
         super().__init__()
         self.dwconv = _conv(dim, dim, 3, group=dim)
+        self.depthwise = Depthwise3x3(self.dwconv, fused)
         self.norm = _bn(dim)
         self.pwconv1 = _conv(dim, hidden, 1)
         self.act = BiasGELU(fused)
@@ -469,7 +649,7 @@ class ConvEncoder(nn.Cell):
             h = self.act(h, pw1.bias)
         else:  # BN(dw(x) + b_dw) = s * dw(x) + (s * b_dw + t), folded into pwconv1
             s, t = _bn_affine(self.norm)
-            y = self.dwconv.conv2d(x, self.dwconv.weight)
+            y = self.depthwise(x, self.dwconv.weight)
             h = pw1.conv2d(y, _pw_weight_bn(pw1, s))
             h = self.act(h, _pw_bias_bn(pw1, s * self.dwconv.bias + t))
         z = self.pwconv2.conv2d(h, self.pwconv2.weight)
@@ -516,15 +696,17 @@ class EfficientAdditiveAttention(nn.Cell):
         out = final(Proj(g * k) + q)                           [B, N, C]
     This cell takes the map x [B, C, H, W] (t channels-first) and returns ``out`` in the same layout. It
     evaluates the same expression re-associated so that the big tensors are touched few times:
-    [k; q] comes from one 1x1 convolution with the stacked weights, both channel norms from one matmul,
-    and final(Proj(g * k) + q) = [W_f W_p diag(g) | W_f] @ [k; q] + (W_f b_p + b_f) is one batched
-    matmul (the 2C x C matrix per sample is tiny). ``token_weights`` exposes a.
+    [k; q] comes from one 1x1 convolution with the stacked weights, both channel norms from one more,
+    q . w_g from a single weight row applied to x, and
+        final(Proj(g * k) + q) = [W_f W_p diag(g) | W_f] @ [k; q] + (W_f b_p + b_f)
+    is one batched matmul (the C x 2C matrix per sample is cheap to form). ``token_weights`` exposes a.
 
     Args:
         dim: C (query / key / token width are all C, as in every released variant).
+        fused: the fused CPU operators (evaluation uses the key/query normalisation kernel) or None.
     """
 
-    def __init__(self, dim):
+    def __init__(self, dim, fused=None):
         super().__init__()
         self.dim = dim
         self.to_query = _dense(dim, dim)
@@ -533,48 +715,51 @@ class EfficientAdditiveAttention(nn.Cell):
         self.scale_factor = dim ** -0.5
         self.Proj = _dense(dim, dim)  # pylint: disable=invalid-name  (the reference's name)
         self.final = _dense(dim, dim)
+        self.use_fused = fused is not None
+        if self.use_fused:
+            self.key_query_norm = fused["key_query_norm"]
         # rows 0 / 1 sum the squares of the key / query halves of [k; q]
-        pair_sum = np.zeros((2, 2 * dim), np.float32)
+        pair_sum = np.zeros((2, 2 * dim, 1, 1), np.float32)
         pair_sum[0, :dim] = 1.0
         pair_sum[1, dim:] = 1.0
         self.pair_sum = ms.Tensor(pair_sum)
 
-    def _normalised_kq(self, x):
-        """x [B, C, H, W] -> ([k; q] [B, 2C, N] L2-normalised per token, 1/|q| [B, 1, N], x as [B, C, N])."""
+    def _keys_queries(self, x):
+        """x [B, C, H, W] -> ([k; q] [B, 2C, N] with unit-norm tokens, a [B, 1, N] before its token norm)."""
         b, c, h, w = x.shape
         n = h * w
-        weight = ops.concat((self.to_key.weight, self.to_query.weight), axis=0)
-        kq = ops.conv2d(x, weight.reshape(2 * c, c, 1, 1))
-        kq = ops.bias_add(kq, ops.concat((self.to_key.bias, self.to_query.bias))).reshape(b, 2 * c, n)
-        sq = ops.matmul(self.pair_sum, kq * kq)  # [B, 2, N] squared norms of k and q
-        inv = 1.0 / ops.maximum(ops.sqrt(sq), _L2_EPS)
-        kq = (kq.reshape(b, 2, c, n) * inv.reshape(b, 2, 1, n)).reshape(b, 2 * c, n)
-        return kq, inv[:, 1:], x.reshape(b, c, n)
+        weight = ops.concat((self.to_key.weight, self.to_query.weight), axis=0).reshape(2 * c, c, 1, 1)
+        bias = ops.concat((self.to_key.bias, self.to_query.bias))
+        wg = self.w_g.reshape(1, -1) * self.scale_factor
+        kq = ops.conv2d(x, weight)
+        if self.use_fused and not self.training and x.dtype == ms.float32:
+            return self.key_query_norm(kq.reshape(b, 2 * c, n), bias, wg.reshape(-1))
+        kq = ops.bias_add(kq, bias)
+        sq = ops.conv2d(kq * kq, self.pair_sum).reshape(b, 2, 1, n)  # squared norms of k and q
+        inv = ops.div(1.0, ops.maximum(ops.sqrt(sq), _L2_EPS))  # ops.div: a scalar / tensor exports as Reciprocal
+        kq = (kq.reshape(b, 2, c, n) * inv).reshape(b, 2 * c, n)
+        # a = (w_g . q) C^-0.5 / |q|, with w_g . q = (w_g^T W_q) x + w_g . b_q: one row instead of a pass over q
+        row = ops.matmul(wg, self.to_query.weight).reshape(1, c, 1, 1)
+        a = ops.bias_add(ops.conv2d(x, row), ops.matmul(wg, self.to_query.bias.reshape(-1, 1)).reshape(-1))
+        return kq, a.reshape(b, 1, n) * inv[:, 1].reshape(b, 1, n)
 
-    def _token_weights(self, kq, inv_q, tokens):
-        """a [B, 1, N] (unit L2 norm over N) from the pieces of ``_normalised_kq``."""
-        # q . w_g = (W_q x + b_q) . w_g / |q|: one row of weights instead of a C-wide pass over q
-        wg = self.w_g.reshape(1, -1)
-        row = ops.matmul(wg, self.to_query.weight) * self.scale_factor
-        a_raw = ops.matmul(row, tokens) + ops.matmul(wg, self.to_query.bias.reshape(-1, 1)) * self.scale_factor
-        a = a_raw * inv_q
-        return a / ops.maximum(ops.sqrt((a * a).sum(axis=2, keepdims=True)), _L2_EPS)
+    def _normalised(self, x):
+        kq, a = self._keys_queries(x)
+        return kq, a / ops.maximum(ops.sqrt((a * a).sum(axis=2, keepdims=True)), _L2_EPS)
 
     def token_weights(self, x):
         """The normalised token weights a: x [B, C, H, W] -> [B, N] (sum of squares over N is 1)."""
-        kq, inv_q, tokens = self._normalised_kq(x)
-        a = self._token_weights(kq, inv_q, tokens)
+        _, a = self._normalised(x)
         return a.reshape(a.shape[0], -1)
 
     def branch(self, x):
         """The attention output without its final bias: (z [B, C, H, W], bias [C]); out = z + bias."""
         b, c, h, w = x.shape
-        kq, inv_q, tokens = self._normalised_kq(x)
-        a = self._token_weights(kq, inv_q, tokens)
+        kq, a = self._normalised(x)
         g = ops.matmul(kq, a.swapaxes(1, 2))[:, c:]  # [B, C, 1] = sum_n a_n q_n
         wf = self.final.weight
-        mixed = ops.matmul(wf, self.Proj.weight * g.swapaxes(1, 2))  # [B, C, C] = W_f W_p diag(g)
-        mixed = ops.concat((mixed, ops.broadcast_to(wf, (b, c, c))), axis=2)  # [B, C, 2C]
+        weights = ops.concat((ops.matmul(wf, self.Proj.weight), wf), axis=1)  # [C, 2C] = [W_f W_p | W_f]
+        mixed = weights * ops.concat((g, ops.ones_like(g)), axis=1).swapaxes(1, 2)  # [B, C, 2C]
         z = ops.matmul(mixed, kq).reshape(b, c, h, w)
         bias = ops.matmul(wf, self.Proj.bias.reshape(-1, 1)).reshape(-1) + self.final.bias
         return z, bias
@@ -600,7 +785,7 @@ class SwiftFormerEncoder(nn.Cell):
     def __init__(self, dim, mlp_ratio=4.0, drop=0.0, drop_path=0.0, layer_scale_init_value=1e-5, fused=None):
         super().__init__()
         self.local_representation = ConvEncoder(dim, dim, fused=fused)
-        self.attn = EfficientAdditiveAttention(dim)
+        self.attn = EfficientAdditiveAttention(dim, fused=fused)
         self.linear = Mlp(dim, int(dim * mlp_ratio), drop=drop, fused=fused)
         self.plain = drop_path > 0 or drop > 0  # training then needs the unfused residuals
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
@@ -636,8 +821,8 @@ class SwiftFormer(nn.Cell):
         layer_scale_init_value: initial layer scale of the attention and MLP branches.
         in_chans: input channels.
         fused_kernels: None (default): use the fused CPU kernels when the device target is CPU and they
-            can be compiled; False: standard operators only (use this for MINDIR / ONNX export);
-            True: require them.
+            can be compiled (environment variable SWIFTFORMER_FUSED_KERNELS=0 turns this off);
+            False: standard operators only (use this for MINDIR / ONNX export); True: require them.
 
     Input [B, in_chans, H, W], H and W multiples of 32 (ValueError otherwise). Output: evaluation mode
     [B, num_classes]; training mode with distillation a tuple of two [B, num_classes].
@@ -656,7 +841,7 @@ class SwiftFormer(nn.Cell):
         self.num_classes = int(num_classes)
         self.num_features = embed_dims[-1]
         self.distillation = bool(distillation) and self.num_classes > 0
-        self.patch_embed = Stem(in_chans, embed_dims[0])
+        self.patch_embed = Stem(in_chans, embed_dims[0], fused=fused)
 
         total = sum(depths)
         layers = []
@@ -683,6 +868,14 @@ class SwiftFormer(nn.Cell):
         if h % _STRIDE != 0 or w % _STRIDE != 0:
             raise ValueError(f"SwiftFormer input height and width must be multiples of {_STRIDE}, got {h}x{w}; "
                              f"resize or pad the image to a multiple of {_STRIDE}.")
+
+    def __call__(self, *args, **kwargs):
+        # check before compiling, so that a bad size gives one clear sentence rather than a graph traceback
+        if args and isinstance(getattr(args[0], "shape", None), (tuple, list)) and len(args[0].shape) == 4:
+            h, w = args[0].shape[-2:]
+            if isinstance(h, int) and isinstance(w, int) and h > 0 and w > 0:
+                self._check_size(args[0])
+        return super().__call__(*args, **kwargs)
 
     def forward_stages(self, x):
         """The four stage outputs for dense prediction: x [B, 3, H, W] -> list of [B, C_i, H/4/2^i, W/4/2^i]."""
