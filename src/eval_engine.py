@@ -27,7 +27,9 @@ class EvalNetwork(nn.Cell):
         return ops.cast(out, ms.float32)
 
 
-class _AllReduceSum(nn.Cell):
+class AllReduceSum(nn.Cell):
+    """Sum of a tensor over the communication group."""
+
     def __init__(self):
         super().__init__()
         self.op = ops.AllReduce()
@@ -50,7 +52,7 @@ class EvalEngine:
         self.dataset = dataset
         self.rank_size = int(rank_size)
         self.metric = TopKAccuracy((1, 5))
-        self._reduce = _AllReduceSum() if self.rank_size > 1 else None
+        self._reduce = AllReduceSum() if self.rank_size > 1 else None
         self.steps = dataset.get_dataset_size()
         self.batch_size = None
         self._iterator = None

@@ -30,6 +30,7 @@ from src.lr_generator import lr_from_config  # noqa: E402
 from src.optimizer import GradientPreprocess, build_optimizer  # noqa: E402
 
 __all__ = ["TrainingDiverged", "init_env", "build_network", "apply_amp", "TrainStep", "TRAIN_STATE_PREFIXES",
+           "average_batchnorm_statistics",
            "load_network_checkpoint", "checkpoint_dir", "run_training", "cfg"]
 
 # checkpoint entries that are training state, not network weights
@@ -300,6 +301,22 @@ def _resolve_resume(config, ckpt_directory, prefix):
     return value
 
 
+def average_batchnorm_statistics(net, rank_size):
+    """Average BatchNorm moving statistics over the data-parallel group.
+
+    Gradients are averaged every step, but each rank's moving mean / variance only see its own shard;
+    averaging them (as timm's ``distribute_bn``) before evaluating and saving makes every rank hold the
+    same model, so distributed evaluation equals single-process evaluation of the saved checkpoint.
+    """
+    if rank_size <= 1:
+        return
+    from src.eval_engine import AllReduceSum
+    reduce = AllReduceSum()
+    for name, param in net.parameters_and_names():
+        if name.endswith(("moving_mean", "moving_variance")):
+            param.set_data(reduce(param) / rank_size)
+
+
 # --------------------------------------------------------------------------------------- training loop
 def run_training(config):
     """Train ``config.backbone`` as configured; returns a summary dict. Raises TrainingDiverged."""
@@ -434,6 +451,7 @@ def run_training(config):
             if log_interval > 0 and step % log_interval == 0:
                 logger.info(f"epoch[{epoch}], step_num[{step}/{steps_per_epoch}], loss={loss_value:.6f}")
         epoch_seconds = time.time() - epoch_start
+        average_batchnorm_statistics(net, rank_size)
         monitor.epoch_end(epoch, epoch_seconds, loss_sum / max(loss_count, 1), global_step,
                           train_cell=train_step, meta_fn=meta_fn)
 

@@ -21,7 +21,7 @@ from src.eval_engine import EvalEngine  # noqa: E402
 from src.lr_generator import lr_from_config  # noqa: E402
 from src.model_utils.config import make_config  # noqa: E402
 from src.optimizer import build_optimizer  # noqa: E402
-from src.trainer import TrainStep, build_network, init_env  # noqa: E402
+from src.trainer import TrainStep, average_batchnorm_statistics, build_network, init_env  # noqa: E402
 
 WORKER_CONFIG = dict(backbone="soft_tiny", class_num=10, train_image_size=32, eval_image_size=32, crop_pct=1.0,
                      batch_size=8, eval_batch_size=16, dataset_fraction=0.25, max_epoch=1, warmup_epochs=0,
@@ -42,6 +42,7 @@ def main(dataset, out_dir, steps):
         if i == steps:
             break
         step(image, label)
+    average_batchnorm_statistics(net, rank_size)
     np.savez(os.path.join(out_dir, f"rank{rank_id}.npz"), **{p.name: p.asnumpy() for p in net.get_parameters()})
     if rank_id == 0:
         ms.save_checkpoint(net, os.path.join(out_dir, "trained.ckpt"), crc_check=True)

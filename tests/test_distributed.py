@@ -3,6 +3,7 @@ distributed evaluation counts every image once and gives the single-process accu
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -20,6 +21,12 @@ from src.trainer import build_network
 pytestmark = pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) not on PATH")
 
 
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_cpu_workers_train_identically_and_evaluate_exactly(digits_root, tmp_path):
     from distributed_worker import WORKER_CONFIG
 
@@ -27,7 +34,7 @@ def test_two_cpu_workers_train_identically_and_evaluate_exactly(digits_root, tmp
     out.mkdir()
     env = dict(os.environ, PYTHONPATH=f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]  # workers use the first python
-    cmd = ["msrun", "--worker_num=2", "--local_worker_num=2", "--master_port=8129", "--join=True",
+    cmd = ["msrun", "--worker_num=2", "--local_worker_num=2", f"--master_port={_free_port()}", "--join=True",
            f"--log_dir={tmp_path / 'msrun_logs'}", str(REPO / "tests" / "distributed_worker.py"),
            str(digits_root), str(out), "3"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
