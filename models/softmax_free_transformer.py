@@ -115,6 +115,7 @@ class _LayerNormFn(nn.Cell):
     the same maths with element-wise ops and does its reductions as matmuls against ones:
     dx = r·(g - mean(g) - x̂·mean(g·x̂)) with g = dy·γ, x̂ = (x - μ)·r; dγ = Σ dy·x̂; dβ = Σ dy.
     """
+    keep_fp32 = True
 
     def __init__(self, epsilon):
         super().__init__()
@@ -141,14 +142,18 @@ class _LayerNormFn(nn.Cell):
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last axis (same parameters) with a faster backward on CPU."""
+    """``nn.LayerNorm`` over the last axis (same parameters) with a faster backward on CPU.
+
+    Computed in float32 whatever the input dtype (as mixed precision keeps normalisation layers);
+    the result has the input's dtype.
+    """
 
     def __init__(self, dim, epsilon):
         super().__init__((dim,), epsilon=epsilon)
         self.norm_fn = _LayerNormFn(epsilon)
 
     def construct(self, x):
-        return self.norm_fn(x, self.gamma, self.beta)
+        return ops.cast(self.norm_fn(ops.cast(x, ms.float32), self.gamma, self.beta), x.dtype)
 
 
 class _HeadwiseConvFn(nn.Cell):
@@ -171,7 +176,7 @@ class _HeadwiseConvFn(nn.Cell):
     def bprop(self, x, weight, out, dout):
         dx = self.conv(dout, ops.flip(weight, (2, 3)))
         dw = self.filter_grad(dout, x, weight.shape)
-        return dx, dw
+        return ops.cast(dx, x.dtype), ops.cast(dw, weight.dtype)
 
 
 class HeadwiseConv(nn.Cell):
@@ -187,7 +192,7 @@ class HeadwiseConv(nn.Cell):
         self.conv_fn = _HeadwiseConvFn(channels, kernel)
 
     def construct(self, x):
-        return self.conv_fn(x, self.weight)
+        return self.conv_fn(x, ops.cast(self.weight, x.dtype))
 
 
 class TanhGELU(nn.Cell):

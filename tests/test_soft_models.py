@@ -101,3 +101,19 @@ def test_a_few_steps_on_one_batch_drive_the_loss_down():
     y = ms.Tensor(np.arange(8, dtype=np.int32) % 10)
     losses = [float(step(x, y).asnumpy()) for _ in range(5)]
     assert losses[-1] < 0.2 * losses[0], losses
+
+
+@pytest.mark.parametrize("amp_level", ["O2", "O3"])
+def test_mixed_precision_training_keeps_the_kernel_in_float32_and_learns(amp_level):
+    from src.trainer import apply_amp
+
+    ms.set_seed(0)
+    net = apply_amp(create_model("soft_tiny", num_classes=10), amp_level)
+    kernels = [cell for _, cell in net.cells_and_names() if getattr(cell, "keep_fp32", False)]
+    assert kernels and all(cell.get_flags().get("fp32") for cell in kernels)
+    step = _train_step(net, lr=2e-4)
+    rng = np.random.default_rng(5)
+    x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
+    y = ms.Tensor(np.arange(4, dtype=np.int32))
+    losses = [float(step(x, y).asnumpy()) for _ in range(4)]
+    assert np.isfinite(losses).all() and losses[-1] < 0.2 * losses[0], losses
