@@ -40,6 +40,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from .registry import register_model
+from .softmax_free_transformer import DropPath
 
 __all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "Mlp", "Embedding",
            "VARIANTS", "fused_kernels_available", "torch_param_names", "variant_overrides_from_torch"]
@@ -562,20 +563,6 @@ def _pw_bias_bn(conv, t):
     """Bias of a 1x1 conv that follows y = s * x + t: b + W @ t, [C_out]."""
     w = conv.weight.reshape(conv.weight.shape[0], conv.weight.shape[1])
     return conv.bias + ops.matmul(w, t.reshape(-1, 1)).reshape(-1)
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth: zero a whole sample's residual branch with probability ``rate`` while training."""
-
-    def __init__(self, rate=0.0):
-        super().__init__()
-        self.rate = float(rate)
-
-    def construct(self, x):
-        if not self.training or self.rate == 0.0:
-            return x
-        mask = ops.dropout(ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), p=self.rate)
-        return x * mask
 
 
 class Stem(nn.SequentialCell):
