@@ -12,7 +12,6 @@ import os
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 import sys  # noqa: E402
-import traceback  # noqa: E402
 
 
 def run_eval(config):
@@ -48,21 +47,9 @@ def run_eval(config):
 
 
 def main(argv=None):
-    from src.model_utils.config import ConfigError, load_config
+    from src.model_utils.moxing_adapter import run_job
 
-    try:
-        config = load_config(argv)
-        if getattr(config, "enable_modelarts", False):
-            from src.model_utils.moxing_adapter import moxing_wrapper
-            moxing_wrapper(config)(run_eval)(config)
-        else:
-            run_eval(config)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as err:
-        if os.environ.get("SOFT_DEBUG"):
-            traceback.print_exc()
-        print(f"ERROR: {err}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_job(run_eval, argv)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 import shutil  # noqa: E402
 import sys  # noqa: E402
-import traceback  # noqa: E402
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
@@ -172,22 +171,9 @@ def run_export(config):
 
 
 def main(argv=None):
-    from src.model_utils.config import ConfigError, load_config
-    from src.model_utils.moxing_adapter import MoxingError
+    from src.model_utils.moxing_adapter import run_job
 
-    try:
-        config = load_config(argv)
-        if config.enable_modelarts:
-            from src.model_utils.moxing_adapter import moxing_wrapper
-            moxing_wrapper(config)(run_export)(config)
-        else:
-            run_export(config)
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError, MoxingError) as err:
-        if os.environ.get("SOFT_DEBUG"):
-            traceback.print_exc()
-        print(f"ERROR: {err}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_job(run_export, argv)
 
 
 if __name__ == "__main__":

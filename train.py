@@ -12,29 +12,13 @@ import os
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
 import sys  # noqa: E402
-import traceback  # noqa: E402
 
 
 def main(argv=None):
-    from src.model_utils.config import ConfigError, load_config
+    from src.model_utils.moxing_adapter import run_job
     from src.trainer import TrainingDiverged, run_training
 
-    try:
-        config = load_config(argv)
-        if getattr(config, "enable_modelarts", False):
-            from src.model_utils.moxing_adapter import moxing_wrapper
-            moxing_wrapper(config)(run_training)(config)
-        else:
-            run_training(config)
-    except TrainingDiverged as err:
-        print(f"ERROR: {err}", file=sys.stderr, flush=True)
-        return 3
-    except (ConfigError, ValueError, FileNotFoundError, NotADirectoryError) as err:
-        if os.environ.get("SOFT_DEBUG"):
-            traceback.print_exc()
-        print(f"ERROR: {err}", file=sys.stderr, flush=True)
-        return 1
-    return 0
+    return run_job(run_training, argv, exit_codes={TrainingDiverged: 3})
 
 
 if __name__ == "__main__":

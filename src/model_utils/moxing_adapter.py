@@ -28,10 +28,11 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 
 from . import device_adapter
 
-__all__ = ["moxing_wrapper", "import_moxing", "sync_data", "localise_config_paths", "MoxingError",
+__all__ = ["run_job", "moxing_wrapper", "import_moxing", "sync_data", "localise_config_paths", "MoxingError",
            "DEFAULT_OUTPUT_PATH"]
 
 DEFAULT_OUTPUT_PATH = "/cache/train"
@@ -205,3 +206,31 @@ def moxing_wrapper(config, pre_process=None, post_process=None):
         return wrapped
 
     return decorator
+
+
+#: mistakes a user can fix; an entry point reports them in one line (ConfigError is a ValueError)
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, MoxingError)
+
+
+def run_job(job, argv=None, exit_codes=None):
+    """Entry point of train.py / eval.py / export.py: load the config from ``argv``, run ``job(config)``
+    (inside ``moxing_wrapper`` when ``enable_modelarts``) and turn a user mistake into one ``ERROR:`` line.
+
+    Returns the exit status: 0, 1 for a mistake, or ``exit_codes[type]`` for the exception types listed
+    there (e.g. ``{TrainingDiverged: 3}``). ``SOFT_DEBUG=1`` also prints the traceback.
+    """
+    from .config import load_config
+
+    exit_codes = dict(exit_codes or {})
+    try:
+        config = load_config(argv)
+        if config.enable_modelarts:
+            moxing_wrapper(config)(job)(config)
+        else:
+            job(config)
+    except tuple(exit_codes) + USER_ERRORS as err:
+        if os.environ.get("SOFT_DEBUG"):
+            traceback.print_exc()
+        print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        return next((code for cls, code in exit_codes.items() if isinstance(err, cls)), 1)
+    return 0
