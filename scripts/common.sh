@@ -137,6 +137,17 @@ device_target_of_script() {
 # ------------------------------------------------------------------------------------------------
 # The jobs. Each launch script is one call of these with its device target.
 
+# single_device_env TARGET: a one-process job: RANK_ID=0, RANK_SIZE=1 and, off CPU, DEVICE_ID (default 0),
+# passed on as DEVICE_ARGS=(--device_id N).
+single_device_env() {
+    DEVICE_ARGS=()
+    if [ "$1" != "CPU" ]; then
+        export DEVICE_ID="${DEVICE_ID:-0}"
+        DEVICE_ARGS=(--device_id "$DEVICE_ID")
+    fi
+    export RANK_ID=0 RANK_SIZE=1
+}
+
 # standalone_train_main TARGET SCRIPT ARGS...   (run_standalone_train_{ascend,gpu,cpu}.sh CONFIG [--key value ...])
 standalone_train_main() {
     local target="$1" script="$2"
@@ -148,15 +159,10 @@ standalone_train_main() {
     shift
     check_extra_args "$usage" "$@"
     resolve_extra_args "$@"
-    local device_args=()
-    if [ "$target" != "CPU" ]; then
-        export DEVICE_ID="${DEVICE_ID:-0}"
-        device_args=(--device_id "$DEVICE_ID")
-    fi
-    export RANK_ID=0 RANK_SIZE=1
+    single_device_env "$target"
     init_log_dir "train_standalone_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
     run_logged "$LOG_FILE" "$PYTHON" train.py --config_path "$config" --device_target "$target" \
-        --run_distribute False "${device_args[@]}" "${EXTRA_ARGS[@]}"
+        --run_distribute False "${DEVICE_ARGS[@]}" "${EXTRA_ARGS[@]}"
     finish $? "Training"
 }
 
@@ -177,15 +183,10 @@ eval_main() {
     fi
     check_extra_args "$usage" "$@"
     resolve_extra_args "$@"
-    local device_args=()
-    if [ "$target" != "CPU" ]; then
-        export DEVICE_ID="${DEVICE_ID:-0}"
-        device_args=(--device_id "$DEVICE_ID")
-    fi
-    export RANK_ID=0 RANK_SIZE=1
+    single_device_env "$target"
     init_log_dir "eval_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
     run_logged "$LOG_FILE" "$PYTHON" eval.py --config_path "$config" --device_target "$target" \
-        "${device_args[@]}" "${ckpt_args[@]}" "${EXTRA_ARGS[@]}"
+        "${DEVICE_ARGS[@]}" "${ckpt_args[@]}" "${EXTRA_ARGS[@]}"
     finish $? "Evaluation"
 }
 
