@@ -1,9 +1,11 @@
 # One command each for a fresh machine:  make demo  (train + evaluate on real data)  /  make test
+#   make test       the whole suite (what CI runs)
+#   make test-fast  the unit and parity tiers only (pytest -m "unit or parity"), a few minutes
 PYTHON ?= python3
 DIGITS_DIR ?= data/digits
 DEMO_OUT ?= output/demo
 
-.PHONY: install install-test test demo clean
+.PHONY: install install-test test test-fast demo clean
 
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
@@ -13,6 +15,9 @@ install-test:
 
 test: install-test
 	$(PYTHON) -m pytest -q tests
+
+test-fast: install-test
+	$(PYTHON) -m pytest -q -m "unit or parity" tests
 
 demo: install
 	$(PYTHON) -m pip install -q scikit-learn

@@ -5,35 +5,24 @@
 
 Prints ``accuracy=0.784420, per step time: ...s, total cost time: ...s`` and the top-5 accuracy.
 Padding samples of multi-rank evaluation (label -1) are not counted. A checkpoint that does not fit
-the model is reported in one message naming the missing / unexpected / mis-shaped parameters.
+the model is reported in one sentence (naming both backbones when it holds another one).
 """
-import os
-
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import sys  # noqa: E402
+import sys
 
 
 def run_eval(config):
+    from src.builder import build_network
     from src.dataset import create_dataset
     from src.eval_engine import EvalEngine
-    from src.trainer import build_network, cfg, init_env, load_network_checkpoint
+    from src.trainer import init_env
 
     rank_id, rank_size = init_env(config)
-    path = str(cfg(config, "checkpoint_file_path", "") or "")
-    if not path:
-        raise ValueError("Set --checkpoint_file_path to the checkpoint to evaluate.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
     dataset, class_names = create_dataset(config, False, rank_id, rank_size)
-    net = build_network(config, amp=False)
-    meta = load_network_checkpoint(net, path, use_ema=bool(cfg(config, "model_ema", False)))
+    net, meta = build_network(config, "eval")
     saved_names = meta.get("class_names")
     if saved_names is not None and list(saved_names) != list(class_names):
         print(f"WARNING: the checkpoint was trained on classes {saved_names}, the evaluation set has "
               f"{list(class_names)}; accuracy compares class indices.", file=sys.stderr)
-    from src.trainer import apply_amp
-    net = apply_amp(net, cfg(config, "amp_level", "O0"))
     engine = EvalEngine(net, dataset, rank_size)
     compile_seconds = engine.compile()
     if rank_id == 0:

@@ -1,18 +1,25 @@
 """Export a trained checkpoint for MindSpore Lite / serving / other runtimes.
 
-    python export.py --config_path config/SOFT_export.yml --checkpoint_file_path soft_tiny.ckpt
-    python export.py --config_path config/SOFT_export.yml --checkpoint_file_path soft_tiny.ckpt \
-        --export_format ONNX --export_batch_size 1 --file_name soft_tiny_b1
+    python export.py --config_path config/SOFT_export.yml --ckpt_file soft_tiny.ckpt
+    python export.py --config_path config/SOFT_export.yml --ckpt_file soft_tiny.ckpt \
+        --file_name soft_tiny_dyn --file_format MINDIR --batch_size -1
 
-Keys (any config key can be overridden with ``--key value``):
+The keys are the model zoo's (and the original port's); the longer names used elsewhere in this
+repository are accepted too (any config key can be overridden with ``--key value``):
 
-* ``export_format``: MINDIR (default), ONNX, or AIR (Ascend only);
-* ``export_batch_size``: the batch dimension of the input, or -1 for a dynamic batch (MINDIR only);
-* ``eval_image_size``: the input height and width (a multiple of 32);
+* ``ckpt_file`` (= ``checkpoint_file_path``): the checkpoint; it must fit the model (optimizer state
+  and training metadata are skipped; with ``model_ema`` the EMA weights are exported);
 * ``file_name``: the output name without extension (default: the backbone name); a relative name is
   put in ``output_path`` when that is set, else in the current folder;
-* ``checkpoint_file_path``: the checkpoint; it must fit the model (optimizer state and training
-  metadata are skipped; with ``model_ema`` the EMA weights are exported).
+* ``file_format`` (= ``export_format``): MINDIR (default), ONNX, or AIR (Ascend only);
+* ``batch_size``: the batch dimension of the exported input, or -1 for a dynamic batch (MINDIR only).
+  In export.py it means the EXPORTED batch, as in the zoo's export configs: ``export_batch_size``
+  when given (config file or command line), else ``batch_size`` when given, else 1. (A training config
+  used for export therefore exports its training batch unless ``--batch_size`` is given.) For a
+  dynamic batch in a YAML file write ``export_batch_size: -1`` (``batch_size`` there is also the
+  training batch, which must be positive);
+* ``device_target`` / ``device_id``: where the network is built (CPU exports MINDIR and ONNX);
+* ``eval_image_size``: the input height and width (a multiple of 32).
 
 The input is float32 [batch, 3, eval_image_size, eval_image_size], normalised like the evaluation
 pipeline (ImageNet mean / std); the output is the logits [batch, class_num] (SwiftFormer: the mean of
@@ -22,11 +29,8 @@ checkpoint) are written next to the exported file as ``<file>.classes.json`` for
 Exit status 0 on success, 1 with one ``ERROR:`` line for a mistake (config, checkpoint, format).
 """
 import os
-
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import shutil  # noqa: E402
-import sys  # noqa: E402
+import shutil
+import sys
 
 EXTENSIONS = {"MINDIR": ".mindir", "ONNX": ".onnx", "AIR": ".air"}
 
@@ -35,21 +39,29 @@ class ExportError(ValueError):
     """A request that cannot be exported as asked (format, device, batch size)."""
 
 
+def exported_batch(config):
+    """The batch dimension to export (-1: dynamic): ``export_batch_size`` when the user set it, else
+    ``batch_size`` when the user set it (the zoo's spelling), else ``export_batch_size``'s default, 1."""
+    if "export_batch_size" not in config.explicit_keys and "batch_size" in config.explicit_keys:
+        return int(config.batch_size)
+    return int(config.export_batch_size)
+
+
 def check_request(config):
     """Validate format / device / batch size before any work; returns (format, batch or -1, image size)."""
     fmt = str(config.export_format).upper()
     if fmt not in EXTENSIONS:
-        raise ExportError(f"export_format must be MINDIR, ONNX or AIR, got {config.export_format!r}.")
+        raise ExportError(f"file_format must be MINDIR, ONNX or AIR, got {config.export_format!r}.")
     if fmt == "AIR" and str(config.device_target) != "Ascend":
         raise ExportError(f"AIR export needs an Ascend device (device_target is {config.device_target}): "
-                          "export MINDIR (--export_format MINDIR) or ONNX here, or run with "
+                          "export MINDIR (--file_format MINDIR) or ONNX here, or run with "
                           "--device_target Ascend on an Ascend machine.")
-    batch = int(config.export_batch_size)
+    batch = exported_batch(config)
     if batch == 0 or batch < -1:
-        raise ExportError(f"export_batch_size must be a positive batch size or -1 (dynamic batch), got {batch}.")
+        raise ExportError(f"batch_size must be a positive batch size or -1 (dynamic batch), got {batch}.")
     if batch == -1 and fmt != "MINDIR":
-        raise ExportError(f"a dynamic batch (--export_batch_size -1) is supported for MINDIR export only; "
-                          f"give {fmt} a fixed --export_batch_size.")
+        raise ExportError(f"a dynamic batch (--batch_size -1) is supported for MINDIR export only; "
+                          f"give {fmt} a fixed --batch_size.")
     return fmt, batch, int(config.eval_image_size)
 
 
@@ -64,33 +76,6 @@ def output_base(config, fmt):
     name = os.path.abspath(name)
     os.makedirs(os.path.dirname(name), exist_ok=True)
     return name
-
-
-def build_network(config):
-    """The backbone of the config, in evaluation mode, without weights."""
-    from models import create_model, model_family
-
-    name = str(config.backbone)
-    overrides = {}
-    family = model_family(name)
-    if hasattr(family, "fused_kernels_available"):  # SwiftFormer: no machine-specific Custom operators
-        overrides["fused_kernels"] = False
-    if name.startswith("soft") and int(config.newton_iters) != 20:
-        overrides["newton_iters"] = int(config.newton_iters)
-    net = create_model(name, num_classes=int(config.class_num), **overrides)
-    net.set_train(False)
-    return net
-
-
-def load_weights(net, path, use_ema=False):
-    """Load ``path`` strictly into ``net``; returns the checkpoint's metadata (may hold class_names)."""
-    from src.trainer import load_network_checkpoint
-
-    if not path:
-        raise ExportError("Set --checkpoint_file_path to the checkpoint to export.")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Checkpoint file not found: {path}")
-    return load_network_checkpoint(net, path, use_ema=use_ema)
 
 
 def export_network(net, fmt, batch, image_size, base):
@@ -112,7 +97,7 @@ def export_network(net, fmt, batch, image_size, base):
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if fmt == "ONNX" and ("convert map" in first or "not support" in first):
             raise ExportError(f"ONNX export of {type(net).__name__} failed: {first} "
-                              "MINDIR export supports every model (--export_format MINDIR).") from None
+                              "MINDIR export supports every model (--file_format MINDIR).") from None
         raise
     if not os.path.isfile(path):
         raise ExportError(f"MindSpore reported no error but wrote no {path}")
@@ -141,11 +126,11 @@ def _copy_class_names(config, ckpt, meta, exported):
 
 
 def run_export(config):
-    """Export ``config.checkpoint_file_path`` as ``config.export_format``; returns the written path."""
+    """Export ``config.ckpt_file`` as ``config.file_format``; returns the written path."""
     fmt, batch, size = check_request(config)
     ckpt = str(config.checkpoint_file_path or "")
     if not ckpt:
-        raise ExportError("Set --checkpoint_file_path to the checkpoint to export.")
+        raise ExportError("Set --ckpt_file (or --checkpoint_file_path) to the checkpoint to export.")
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"Checkpoint file not found: {ckpt}")
 
@@ -156,8 +141,9 @@ def run_export(config):
     if target != "CPU":
         ms.set_context(device_id=int(config.device_id))
 
-    net = build_network(config)
-    meta = load_weights(net, ckpt, use_ema=bool(config.model_ema))
+    from src.builder import build_network
+
+    net, meta = build_network(config, "export", checkpoint=ckpt)
     base = output_base(config, fmt)
     path = export_network(net, fmt, batch, size, base)
     shape = ["-1" if batch == -1 else str(batch), "3", str(size), str(size)]
@@ -170,10 +156,22 @@ def run_export(config):
     return path
 
 
+def zoo_command_line(argv):
+    """``argv`` with ``--batch_size`` spelled ``--export_batch_size``: on export.py's command line it is
+    the exported batch (the zoo's ``--batch_size -1`` must not meet the training batch's check)."""
+    renamed = []
+    for token in argv:
+        name, sep, value = str(token).partition("=")
+        if name in ("--batch_size", "--batch-size"):
+            token = "--export_batch_size" + sep + value
+        renamed.append(token)
+    return renamed
+
+
 def main(argv=None):
     from src.model_utils.moxing_adapter import run_job
 
-    return run_job(run_export, argv)
+    return run_job(run_export, zoo_command_line(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

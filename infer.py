@@ -28,11 +28,8 @@ classified. Exit status: 0 when at least one image was classified, 1 when none w
 config / model mistake, with one ``ERROR:`` line).
 """
 import os
-
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import sys  # noqa: E402
-import traceback  # noqa: E402
+import sys
+import traceback
 
 USAGE = ("usage: python infer.py --config_path CONFIG (--checkpoint FILE | --mindir FILE) [--topk K] "
          "[--KEY VALUE ...] IMAGE_OR_FOLDER [IMAGE_OR_FOLDER ...]")
@@ -144,20 +141,12 @@ class Predictor:
             except (RuntimeError, ValueError) as err:
                 raise ValueError(f"cannot load MINDIR {mindir}: {str(err).strip().splitlines()[0]}") from None
         else:
-            from models import create_model
-            from src.trainer import load_network_checkpoint
+            from src.builder import build_network
             path = checkpoint or str(config.checkpoint_file_path or "")
             if not path:
                 raise UsageError("give --checkpoint FILE or --mindir FILE (or set checkpoint_file_path)")
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"Checkpoint file not found: {path}")
             self.model_path = path
-            overrides = {}
-            if str(config.backbone).startswith("soft") and int(config.newton_iters) != 20:
-                overrides["newton_iters"] = int(config.newton_iters)
-            self.net = create_model(str(config.backbone), num_classes=int(config.class_num), **overrides)
-            self.meta = load_network_checkpoint(self.net, path, use_ema=bool(config.model_ema))
-            self.net.set_train(False)
+            self.net, self.meta = build_network(config, "infer", checkpoint=path)
             self.image_size = int(config.eval_image_size)
 
     def __call__(self, images):

@@ -3,22 +3,20 @@
     python train.py --config_path config/SOFT_tiny_demo_cpu.yml --dataset_path data/digits --output_path output/demo
 
 Every config key can be overridden on the command line (``--key value``). ``--resume PATH`` (or
-``--resume auto``: the newest checkpoint in the output folder) continues an interrupted run.
-Exit status: 0 on success, 1 for a configuration / data / checkpoint mistake (one-line message),
-3 when the loss became NaN / Inf (the last good checkpoint is kept and named).
+``--resume auto``: the newest readable checkpoint in the checkpoint folder) continues an interrupted run.
+Exit status: 0 on success; 1 for a configuration / data / checkpoint mistake or a checkpoint that could not
+be saved (one-line message); 3 when the loss became NaN / Inf (the last good checkpoint is kept and named);
+130 / 143 when interrupted by SIGINT / SIGTERM (every saved checkpoint is intact; resume with --resume auto).
 """
-import os
-
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import sys  # noqa: E402
+import sys
 
 
 def main(argv=None):
     from src.model_utils.moxing_adapter import run_job
-    from src.trainer import TrainingDiverged, run_training
+    from src.trainer import CheckpointSaveError, TrainingDiverged, TrainingInterrupted, run_training
 
-    return run_job(run_training, argv, exit_codes={TrainingDiverged: 3})
+    return run_job(run_training, argv, exit_codes={TrainingDiverged: 3, CheckpointSaveError: 1,
+                                                   TrainingInterrupted: 1})
 
 
 if __name__ == "__main__":

@@ -19,19 +19,15 @@ Writes ``--json`` and a log-log ``--plot`` (time and peak memory against the num
 (H/4)(W/4), with dashed linear and dotted quadratic reference slopes) and prints a table with
 ratios to the reference size (224, or the smallest size when 224 is not measured).
 """
-import os
-
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")  # before MindSpore runs a convolution (see throughput.py)
-
-import argparse  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import sys
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.throughput import (AMP_LEVELS, RESULTS_DIR, check_image_size, default_memory_limit_mb,  # noqa: E402
+from benchmarks.throughput import (AMP_LEVELS, RESULTS_DIR, check_image_size, default_memory_limit_mb,
                                    fmt, format_table, host_info, log, model_spec, non_negative_int,
                                    positive_int, run_worker, write_json)
 

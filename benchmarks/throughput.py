@@ -18,26 +18,21 @@ A model is given as ``NAME`` (a name from ``models.list_models(include_benchmark
 Progress goes to stderr; a table goes to stdout; all numbers go to ``--json``.
 """
 import os
-
-# oneDNN's AVX-512 path falls back to a reference convolution kernel on some CPUs (70-150x slower);
-# this must be set before MindSpore runs its first convolution.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
-import argparse  # noqa: E402
-import collections  # noqa: E402
-import datetime  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import signal  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import collections
+import datetime
+import json
+import platform
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -312,27 +307,6 @@ def _looks_like_oom(exc):
     return any(marker in text for marker in _OOM_MARKERS)
 
 
-def _classification_loss():
-    """Sparse softmax cross entropy; a tuple of logits (SwiftFormer's head and distillation head in
-    training mode) gets the mean of the per-output losses, as in the training script."""
-    from mindspore import nn
-
-    class _MeanCrossEntropy(nn.Cell):
-        def __init__(self):
-            super().__init__()
-            self.ce = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-
-        def construct(self, logits, label):
-            if isinstance(logits, (tuple, list)):
-                total = self.ce(logits[0], label)
-                for i in range(1, len(logits)):
-                    total = total + self.ce(logits[i], label)
-                return total / len(logits)
-            return self.ce(logits, label)
-
-    return _MeanCrossEntropy()
-
-
 def worker_main(args):
     spec, mode = args.model[0], args.mode
     label = spec
@@ -349,8 +323,9 @@ def worker_main(args):
         record.update(name=name, overrides=overrides)
         import numpy as np
         import mindspore as ms
-        from mindspore import nn
-        from models import create_model
+        from src.builder import build_network
+        from src.model_utils.config import make_config
+        from src.train_step import build_train_step
         record["mindspore_version"] = ms.__version__
         baseline = maxrss_mb()
 
@@ -364,27 +339,25 @@ def worker_main(args):
         ms.set_seed(args.seed)
 
         phase = "build"
-        net = create_model(name, num_classes=args.num_classes, **overrides)
+        # what train.py / eval.py run: the builder, the inference pass, the recipe's train step
+        config = make_config({"backbone": name, "class_num": args.num_classes, "model_args": overrides,
+                              "amp_level": args.amp_level, "clip_grad": 1.0, "model_ema": False,
+                              "loss_scale": 1024.0 if args.amp_level != "O0" else 1.0})
+        net, _ = build_network(config, "infer" if mode == "infer" else "train", random_weights=True)
         record["params"] = int(sum(int(np.prod(p.shape)) for p in net.trainable_params()))
         rng = np.random.default_rng(args.seed)
         images = ms.Tensor(rng.standard_normal((args.batch_size, 3, args.image_size, args.image_size))
                            .astype(np.float32))
         if mode == "infer":
-            if args.amp_level != "O0":
-                net = ms.amp.auto_mixed_precision(net, args.amp_level)
-            net.set_train(False)
-
             def call():
                 return net(images).asnumpy()
         else:
-            labels = ms.Tensor(rng.integers(0, args.num_classes, (args.batch_size,)).astype(np.int32))
-            loss = _classification_loss()
-            optimizer = nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-4, weight_decay=0.05)
-            step = ms.amp.build_train_network(net, optimizer, loss, level=args.amp_level)
-            step.set_train(True)
+            targets = np.eye(args.num_classes, dtype=np.float32)[rng.integers(0, args.num_classes, args.batch_size)]
+            labels = ms.Tensor(targets)
+            step = build_train_step(config, net)
 
             def call():
-                return step(images, labels).asnumpy()
+                return step(images, labels)[0].asnumpy()
 
         phase = "compile"
         size = f"{args.image_size}x{args.image_size}"

@@ -11,8 +11,9 @@ operators, static shapes apart from the batch axis), so little is left to do her
 changes the network in place (and returns it); its numbers stay those of the original network (float32
 rounding aside, < 1e-6 relative):
 
-* every format: evaluation mode; SwiftFormer's fused CPU kernels (``Custom`` operators backed by a
-  locally compiled library) are switched off, so that the file does not depend on this machine;
+* every format: evaluation mode; the optional CPU kernels of the fused inference path (``Custom``
+  operators backed by a library built on this machine, models/kernels) are switched off, so that the
+  file does not depend on this machine;
 * ONNX: exact-GELU cells -> ``ErfFreeGELU`` (MindSpore's ONNX exporter has no Erf); ``ops.Conv2D``
   primitives built with an int kernel size get a (k, k) attribute; a convolution with asymmetric padding
   is refused (MindSpore writes 4-tuple ONNX pads in the wrong order).
@@ -68,15 +69,14 @@ def _replace_children(net, predicate, factory):
     return count
 
 
-def _switch_off_fused_kernels(net):
-    """SwiftFormer's Custom-op CPU kernels -> standard operators (their ``use_fused`` flag)."""
+def _switch_off_cpu_kernels(net):
+    """Cells of the fused inference path that run the optional CPU kernels (``Custom`` operators from
+    models/kernels, a library built on this machine) -> their standard operators; returns the count."""
     count = 0
     for _, cell in net.cells_and_names():
-        if getattr(cell, "use_fused", False):
-            cell.use_fused = False
+        if getattr(cell, "use_cpu_kernels", False):
+            cell.use_cpu_kernels = False
             count += 1
-    if hasattr(net, "uses_fused_kernels"):
-        net.uses_fused_kernels = False
     return count
 
 
@@ -127,7 +127,7 @@ def prepare_for_export(net, fmt="MINDIR"):
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
     net.set_train(False)
-    _switch_off_fused_kernels(net)
+    _switch_off_cpu_kernels(net)
     if fmt == "ONNX":
         bad = unsupported_onnx_cells(net)
         if bad:

@@ -12,8 +12,7 @@ import difflib
 import fnmatch
 import sys
 
-__all__ = ["register_model", "create_model", "list_models", "model_family", "load_checkpoint_strict",
-           "CheckpointMismatchError"]
+__all__ = ["register_model", "create_model", "list_models", "model_family"]
 
 _ENTRYPOINTS = {}
 _FAMILY_MODULE = {}
@@ -71,44 +70,6 @@ def create_model(name, num_classes=1000, pretrained=None, **overrides):
     _check_name(name)
     net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
     if pretrained:
-        load_checkpoint_strict(net, pretrained)
-    return net
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint whose parameters do not fit the network."""
-
-
-def load_checkpoint_strict(net, ckpt, ignore=()):
-    """Load ``ckpt`` (a path or a name -> Parameter/Tensor dict) into ``net``; every parameter must fit.
-
-    Optimizer state and other entries whose names start with one of ``ignore`` are skipped.
-    Raises CheckpointMismatchError naming missing, unexpected and mis-shaped parameters.
-    """
-    import mindspore as ms
-
-    if isinstance(ckpt, str):
-        import os
-        if not os.path.isfile(ckpt):
-            raise FileNotFoundError(f"Checkpoint file not found: {ckpt}")
-        ckpt = ms.load_checkpoint(ckpt)
-    params = dict(net.parameters_and_names())
-    wanted = {k: v for k, v in ckpt.items() if not k.startswith(tuple(ignore))}
-    missing = sorted(set(params) - set(wanted))
-    unexpected = sorted(set(wanted) - set(params))
-    misshaped = sorted(f"{k} (checkpoint {tuple(wanted[k].shape)}, model {tuple(params[k].shape)})"
-                       for k in set(params) & set(wanted) if tuple(wanted[k].shape) != tuple(params[k].shape))
-    if missing or unexpected or misshaped:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
-                parts.append(f"{label}: {shown}")
-        raise CheckpointMismatchError(
-            f"The checkpoint does not fit {type(net).__name__}: " + "; ".join(parts) + ".")
-    values = {k: v if isinstance(v, ms.Parameter) else ms.Parameter(ms.Tensor(v), name=k)
-              for k, v in wanted.items() if k in params}
-    not_loaded, _ = ms.load_param_into_net(net, values, strict_load=True)
-    if not_loaded:
-        raise CheckpointMismatchError(f"The checkpoint could not fill: {', '.join(not_loaded)}.")
+        from .checkpoint import load_weights
+        load_weights(net, pretrained, model_name=name)
     return net

@@ -15,11 +15,12 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import nn, ops
-from mindspore.common.initializer import HeUniform, TruncatedNormal, initializer
-from mindspore.ops.operations import _grad_ops
+from mindspore.common.initializer import TruncatedNormal
+
+from .layers import Attention, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
 
 __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
-           "SoftBlock", "Attention", "Mlp", "Block", "TanhGELU", "DropPath", "LayerNorm", "HeadwiseConv"]
+           "SoftBlock", "Block"]
 
 
 # Export note: the attention is written with ops MindSpore's MINDIR and ONNX exporters both handle
@@ -106,114 +107,6 @@ class NewtonInverseNorm(_InverseWithAnalyticGrad):
             col_norm = ops.abs(eye - alpha * mat_sq).sum(axis=-2, keepdims=True).max(axis=-1, keepdims=True)
             alpha = ops.where(col_norm > 1.01, 0.5 * alpha, alpha)
         return _newton_steps(alpha * mat, mat, self.iters)
-
-
-class _LayerNormFn(nn.Cell):
-    """Layer normalisation over the last axis with a hand-written backward.
-
-    MindSpore's CPU LayerNormGrad is the slowest kernel of a SOFT training step; this backward does
-    the same maths with element-wise ops and does its reductions as matmuls against ones:
-    dx = r·(g - mean(g) - x̂·mean(g·x̂)) with g = dy·γ, x̂ = (x - μ)·r; dγ = Σ dy·x̂; dβ = Σ dy.
-    """
-    keep_fp32 = True
-
-    def __init__(self, epsilon):
-        super().__init__()
-        self.epsilon = epsilon
-        self.layer_norm = ops.LayerNorm(begin_norm_axis=-1, begin_params_axis=-1, epsilon=epsilon)
-
-    def construct(self, x, gamma, beta):
-        return self.layer_norm(x, gamma, beta)[0]
-
-    def bprop(self, x, gamma, beta, out, dout):
-        dim = x.shape[-1]
-        rows = x.reshape(-1, dim)
-        grad_rows = dout.reshape(-1, dim)
-        row_mean = ops.ones((dim, 1), x.dtype) / dim
-        centred = rows - ops.matmul(rows, row_mean)
-        rstd = ops.rsqrt(ops.matmul(centred * centred, row_mean) + self.epsilon)
-        normed = centred * rstd
-        g = grad_rows * gamma
-        dx = rstd * (g - ops.matmul(g, row_mean) - normed * ops.matmul(g * normed, row_mean))
-        col_sum = ops.ones((1, rows.shape[0]), x.dtype)
-        dgamma = ops.matmul(col_sum, grad_rows * normed).reshape(dim)
-        dbeta = ops.matmul(col_sum, grad_rows).reshape(dim)
-        return dx.reshape(x.shape), dgamma, dbeta
-
-
-class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm`` over the last axis (same parameters) with a faster backward on CPU.
-
-    Computed in float32 whatever the input dtype (as mixed precision keeps normalisation layers);
-    the result has the input's dtype.
-    """
-
-    def __init__(self, dim, epsilon):
-        super().__init__((dim,), epsilon=epsilon)
-        self.norm_fn = _LayerNormFn(epsilon)
-
-    def construct(self, x):
-        return ops.cast(self.norm_fn(ops.cast(x, ms.float32), self.gamma, self.beta), x.dtype)
-
-
-class _HeadwiseConvFn(nn.Cell):
-    """Grouped k x k convolution (one channel per group, 'same' padding) with a faster backward.
-
-    Its input gradient is the forward convolution of dy with the spatially flipped kernel (CPU's
-    Conv2DBackpropInput is several times slower than Conv2D for this shape).
-    """
-
-    def __init__(self, channels, kernel):
-        super().__init__()
-        pad = kernel // 2
-        self.conv = ops.Conv2D(channels, (kernel, kernel), pad_mode="pad", pad=pad, group=channels)
-        self.filter_grad = _grad_ops.Conv2DBackpropFilter(channels, (kernel, kernel), pad_mode="pad", pad=pad,
-                                                          pad_list=(pad, pad, pad, pad), group=channels)
-
-    def construct(self, x, weight):
-        return self.conv(x, weight)
-
-    def bprop(self, x, weight, out, dout):
-        dx = self.conv(dout, ops.flip(weight, (2, 3)))
-        dw = self.filter_grad(dout, x, weight.shape)
-        return ops.cast(dx, x.dtype), ops.cast(dw, weight.dtype)
-
-
-class HeadwiseConv(nn.Cell):
-    """Per-head k x k convolution [B', h, H, W] -> [B', h, H, W] (groups = h, no bias, 'same' padding).
-
-    The parameter is ``weight`` [h, 1, k, k], as in ``nn.Conv2d(h, h, k, group=h, has_bias=False)``.
-    """
-
-    def __init__(self, channels, kernel):
-        super().__init__()
-        self.weight = ms.Parameter(initializer(HeUniform(math.sqrt(5)), (channels, 1, kernel, kernel), ms.float32),
-                                   name="weight")
-        self.conv_fn = _HeadwiseConvFn(channels, kernel)
-
-    def construct(self, x):
-        return self.conv_fn(x, ops.cast(self.weight, x.dtype))
-
-
-class TanhGELU(nn.Cell):
-    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), written out: faster than nn.GELU(approximate=True)."""
-
-    def construct(self, x):
-        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))))
-
-
-class DropPath(nn.Cell):
-    """Stochastic depth: zero a whole sample's residual branch with probability ``rate`` while training."""
-
-    def __init__(self, rate=0.0):
-        super().__init__()
-        self.rate = float(rate)
-
-    def construct(self, x):
-        if not self.training or self.rate == 0.0:
-            return x
-        mask = ops.dropout(ops.ones((x.shape[0],) + (1,) * (x.ndim - 1), x.dtype), p=self.rate)
-        return x * mask
 
 
 class SoftKernelAttention(nn.Cell):
@@ -346,46 +239,6 @@ class SoftBlock(nn.Cell):
     def construct(self, x, height, width):
         x = self.norm1(x + self.drop1(self.attn(x, height, width)))
         return self.norm2(x + self.drop2(self.fc2(self.act(self.fc1(x)))))
-
-
-class Mlp(nn.Cell):
-    """Dense(D, hidden) -> exact GELU -> Dense(hidden, D) on [..., D]."""
-
-    def __init__(self, dim, hidden, drop=0.0):
-        super().__init__()
-        self.fc1 = nn.Dense(dim, hidden, weight_init=TruncatedNormal(0.02))
-        self.act = nn.GELU(approximate=False)
-        self.fc2 = nn.Dense(hidden, dim, weight_init=TruncatedNormal(0.02))
-        self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
-
-    def construct(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
-class Attention(nn.Cell):
-    """Multi-head softmax attention on x [B, N, D] -> [B, N, D] (q and kv projections, scale d^-0.5).
-
-    ``height`` / ``width`` are accepted (and unused) so that it can stand in for SoftAttention.
-    """
-
-    def __init__(self, dim, num_heads, qkv_bias=True, attn_drop=0.0, proj_drop=0.0):
-        super().__init__()
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.scale = self.head_dim ** -0.5
-        self.q = nn.Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.kv = nn.Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
-        self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
-
-    def construct(self, x, height=0, width=0):
-        b, n, dim = x.shape
-        q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        attn = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * self.scale, axis=-1)
-        out = ops.matmul(self.attn_drop(attn), kv[1]).transpose(0, 2, 1, 3).reshape(b, n, dim)
-        return self.proj_drop(self.proj(out))
 
 
 class Block(nn.Cell):

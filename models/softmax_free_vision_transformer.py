@@ -11,8 +11,10 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
+from .checkpoint import norm_layer_torch_names
+from .layers import LayerNorm
 from .registry import register_model
-from .softmax_free_transformer import Block, LayerNorm, SoftBlock
+from .softmax_free_transformer import Block, SoftBlock
 
 __all__ = ["SoftmaxFreeVisionTransformer", "VARIANTS"]
 
@@ -152,6 +154,11 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         self.head = nn.Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
             if num_classes > 0 else nn.Identity()
 
+    def no_weight_decay(self):
+        """Parameter names trained without weight decay besides 1-D ones and biases (the original's: the class
+        token only; the positional tables are decayed)."""
+        return {"cls_token"}
+
     @staticmethod
     def check_input_size(height, width):
         if height % 32 or width % 32:
@@ -283,7 +290,7 @@ def bench_soft_tiny_softmax(num_classes=1000, **overrides):
 
 
 # ----------------------------------------------------------------------------------------------------
-# PyTorch checkpoint import (used by src/torch_checkpoint.py)
+# PyTorch checkpoint import (the converter map; used by src/torch_checkpoint.py)
 
 #: our parameter path -> the reference's, for the SOFT blocks of stages 1-3 (the reference nests them
 #: under ``att`` / ``mha`` and names the projections W_q / W_v / ff)
@@ -302,7 +309,6 @@ _SOFT_BLOCK_RENAMES = (
 
 def torch_param_names(net):
     """Our parameter name -> the reference PyTorch state-dict name, for every parameter of ``net``."""
-    from src.torch_checkpoint import norm_layer_torch_names
 
     names = {}
     for ours, theirs in norm_layer_torch_names(net).items():

@@ -10,11 +10,17 @@
 Every loss accepts a tuple / list of logits (e.g. SwiftFormer's (head, distillation head) in
 training mode) and returns the mean of the per-output losses. Logits are cast to float32 first,
 so the loss is computed in float32 under mixed precision.
+
+* ``DistillationLoss``: DeiT's loss for a (head, distillation head) network and a teacher's logits
+  (``distillation_type`` soft or hard).
 """
 import mindspore as ms
 from mindspore import nn, ops
 
-__all__ = ["SoftTargetCrossEntropy", "CrossEntropySmooth", "ClassificationLoss", "get_loss", "LOSS_NAMES"]
+__all__ = ["SoftTargetCrossEntropy", "CrossEntropySmooth", "ClassificationLoss", "DistillationLoss", "get_loss",
+           "LOSS_NAMES", "DISTILLATION_TYPES"]
+
+DISTILLATION_TYPES = ("none", "soft", "hard")
 
 # the original port's configs say "ce_smooth_mixup"; every name is the same cross entropy here
 LOSS_NAMES = ("ce", "ce_smooth", "ce_smooth_mixup", "ce_mixup", "soft_target_ce", "cross_entropy",
@@ -87,3 +93,44 @@ def get_loss(config):
         raise ValueError(f"Unknown loss_name {config.loss_name!r}; use one of: {', '.join(LOSS_NAMES)}.")
     smooth = float(config.label_smooth_factor) if getattr(config, "use_label_smooth", False) else 0.0
     return ClassificationLoss(int(config.class_num), smooth)
+
+
+class DistillationLoss(nn.Cell):
+    """DeiT distillation: ``(1 - alpha) * CE(head, targets) + alpha * D(dist_head, teacher)``.
+
+    ``hard``: D = CE(dist_head, argmax teacher) (one-hot, no smoothing); ``soft``: D = KL(softmax(teacher / tau)
+    || softmax(dist_head / tau)) * tau^2, summed and divided by B * C as DeiT does.
+
+    Args:
+        base_loss: the loss of the class head against the (soft) targets, e.g. ``ClassificationLoss``.
+        distillation_type: ``soft`` or ``hard``.
+        alpha: weight of the distillation term. tau: temperature of ``soft``.
+
+    Inputs: ``outputs`` (head [B, C], dist_head [B, C]), ``targets`` [B, C] or [B], ``teacher_logits`` [B, C].
+    """
+
+    def __init__(self, base_loss, distillation_type, alpha=0.5, tau=1.0):
+        super().__init__()
+        if distillation_type not in ("soft", "hard"):
+            raise ValueError(f"DistillationLoss needs distillation_type soft or hard, got {distillation_type!r}.")
+        self.base_loss = base_loss
+        self.hard = distillation_type == "hard"
+        self.alpha = float(alpha)
+        self.tau = float(tau)
+
+    def construct(self, outputs, targets, teacher_logits):
+        head, dist = outputs
+        base = self.base_loss(head, targets)
+        dist = ops.cast(dist, ms.float32)
+        teacher_logits = ops.cast(teacher_logits, ms.float32)
+        if self.hard:
+            num_classes = teacher_logits.shape[-1]
+            teacher_class = ops.one_hot(ops.argmax(teacher_logits, -1), num_classes, ops.ones((), ms.float32),
+                                        ops.zeros((), ms.float32))
+            distill = ops.mean(ops.reduce_sum(-teacher_class * ops.log_softmax(dist, -1), -1))
+        else:
+            log_student = ops.log_softmax(dist / self.tau, -1)
+            log_teacher = ops.log_softmax(teacher_logits / self.tau, -1)
+            distill = ops.reduce_sum(ops.exp(log_teacher) * (log_teacher - log_student)) \
+                * (self.tau * self.tau) / dist.size
+        return base * (1.0 - self.alpha) + distill * self.alpha

@@ -1,11 +1,14 @@
-"""Optimizers with a no-weight-decay filter, gradient centralisation and global-norm clipping.
+"""Optimizers of the training recipe: AdamW as ``torch.optim.AdamW``, SGD with momentum, weight-decay groups,
+gradient centralisation and global-norm clipping.
 
-Parameters WITHOUT weight decay (everything else trainable gets ``weight_decay``):
+Parameters WITHOUT weight decay (every other trainable parameter gets ``weight_decay``), as the original
+``main.py`` (timm's ``add_weight_decay``):
 
-* one-dimensional parameters: norm scales / shifts (``gamma`` / ``beta``), biases, layer scales;
-* names ending in ``.bias``, ``.gamma`` or ``.beta``;
-* positional tables (a name component starting with ``pos_embed``) and class tokens (``cls_token``);
-* names containing any entry of ``no_weight_decay_filter`` (a list, or a comma-separated string).
+* one-dimensional parameters (norm scales / shifts, biases);
+* names ending in ``.bias``;
+* the names returned by the model's ``no_weight_decay()`` (SOFT: ``cls_token``; the positional tables ARE
+  decayed; SwiftFormer: none, so its [C, 1, 1] layer scales are decayed);
+* names containing any fragment of ``no_weight_decay_filter`` (a list, or a comma-separated string).
 
 BatchNorm moving statistics are not trainable and never reach the optimizer.
 """
@@ -13,11 +16,8 @@ import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
 
-__all__ = ["parse_name_filter", "uses_weight_decay", "split_weight_decay", "build_optimizer",
-           "GradientPreprocess", "gc_mask"]
-
-_NO_DECAY_SUFFIXES = (".bias", ".gamma", ".beta")
-_NO_DECAY_PREFIXES = ("pos_embed", "cls_token")
+__all__ = ["parse_name_filter", "model_no_weight_decay", "uses_weight_decay", "split_weight_decay", "AdamW",
+           "build_optimizer", "GradientPreprocess", "gc_mask"]
 
 
 def parse_name_filter(value):
@@ -33,42 +33,134 @@ def parse_name_filter(value):
     return tuple(s.strip() for s in items if s.strip())
 
 
-def uses_weight_decay(name, shape, extra_filter=()):
-    """Whether the parameter ``name`` of ``shape`` is decayed."""
-    if len(tuple(shape)) <= 1:
-        return False
-    if name.endswith(_NO_DECAY_SUFFIXES):
-        return False
-    if any(part.startswith(_NO_DECAY_PREFIXES) for part in name.split(".")):
-        return False
-    if any(frag in name for frag in extra_filter):
-        return False
-    return True
+def model_no_weight_decay(net):
+    """The parameter names ``net.no_weight_decay()`` exempts from weight decay (a set; empty without the hook).
+
+    A network wrapped by mixed precision (``_backbone``) is looked through.
+    """
+    while not hasattr(net, "no_weight_decay") and hasattr(net, "_backbone"):
+        net = net._backbone  # pylint: disable=protected-access
+    hook = getattr(net, "no_weight_decay", None)
+    return set(hook()) if callable(hook) else set()
 
 
-def split_weight_decay(params, no_weight_decay_filter=()):
-    """(decayed, not decayed) lists of the trainable ``params`` (a Cell or an iterable of Parameters)."""
+def uses_weight_decay(name, shape, extra_filter=(), skip_names=()):
+    """Whether the parameter ``name`` of ``shape`` is decayed.
+
+    ``skip_names``: exact names exempted by the model (``no_weight_decay()``); ``extra_filter``: name fragments.
+    """
+    if len(tuple(shape)) <= 1 or name.endswith(".bias") or name in skip_names:
+        return False
+    return not any(frag in name for frag in extra_filter)
+
+
+def split_weight_decay(params, no_weight_decay_filter=(), skip_names=None):
+    """(decayed, not decayed) lists of the trainable ``params``.
+
+    ``params``: a Cell (its trainable parameters; its ``no_weight_decay()`` names are exempted unless
+    ``skip_names`` is given) or an iterable of Parameters.
+    """
     if isinstance(params, nn.Cell):
+        if skip_names is None:
+            skip_names = model_no_weight_decay(params)
         params = params.trainable_params()
+    skip_names = set(skip_names or ())
     extra = parse_name_filter(no_weight_decay_filter)
     decay, no_decay = [], []
     for p in params:
-        (decay if uses_weight_decay(p.name, p.shape, extra) else no_decay).append(p)
+        (decay if uses_weight_decay(p.name, p.shape, extra, skip_names) else no_decay).append(p)
     return decay, no_decay
 
 
-def build_optimizer(config, params, learning_rate):
-    """AdamW (``opt: adamw``) or SGD with momentum (``opt: sgd``) over ``params`` with weight-decay groups.
+_adamw_update = ops.MultitypeFuncGraph("adamw_update")
 
-    ``learning_rate``: a float or the per-step array of ``src.lr_generator.get_lr``.
+
+@_adamw_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                        "Tensor", "Tensor", "Tensor")
+def _adamw_update_one(fused, beta1, beta2, eps, lr_scale, decay_scale, lr, weight_decay, param, m, v, gradient):
+    """One parameter through the fused kernel, which computes ``p -= lr' * (m / (sqrt(v) + eps') + wd' * p)``.
+
+    With ``lr' = lr * sqrt(bc2) / bc1``, ``eps' = eps * sqrt(bc2)`` and ``wd' = wd * bc1 / sqrt(bc2)`` this is
+    torch's ``p -= lr * wd * p; p -= (lr / bc1) * m / (sqrt(v) / sqrt(bc2) + eps)`` (bc = bias correction).
+    """
+    return fused(param, m, v, lr * lr_scale, beta1, beta2, eps, weight_decay * decay_scale,
+                 ops.cast(gradient, param.dtype))
+
+
+class AdamW(nn.Optimizer):
+    r"""AdamW exactly as ``torch.optim.AdamW`` (decoupled weight decay, both bias corrections).
+
+    For step :math:`t = 1, 2, \dots` (``global_step`` counts the steps taken) and each parameter :math:`p`:
+
+    .. math::
+        p \leftarrow p - \eta\lambda p,\quad m \leftarrow \beta_1 m + (1-\beta_1) g,\quad
+        v \leftarrow \beta_2 v + (1-\beta_2) g^2,\quad
+        p \leftarrow p - \frac{\eta}{1-\beta_1^t}\,\frac{m}{\sqrt{v}/\sqrt{1-\beta_2^t} + \epsilon}
+
+    MindSpore's ``nn.AdamWeightDecay`` leaves out both corrections (its first step is 3.16x larger at
+    :math:`\beta_2 = 0.999`). The corrections are folded into the learning rate, epsilon and decay handed to
+    the fused ``ops.AdamWeightDecay`` kernel (see ``_adamw_update_one``).
+
+    Args:
+        params: Parameters or group dicts (``weight_decay`` per group, ``order_params``), as ``nn.Optimizer``.
+        learning_rate: a float, or the per-step array of ``src.lr_generator.get_lr`` (indexed by ``global_step``).
+        beta1, beta2, eps: Adam's coefficients. weight_decay: the default decay of parameters not in a group.
+
+    State: ``adam_m.<name>``, ``adam_v.<name>`` (moments) and ``global_step`` (int32 [1]).
+    """
+
+    def __init__(self, params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(learning_rate, params, weight_decay)
+        for label, value in (("beta1", beta1), ("beta2", beta2)):
+            if not 0.0 <= float(value) < 1.0:
+                raise ValueError(f"AdamW {label} must be in [0, 1), got {value}.")
+        if float(eps) <= 0:
+            raise ValueError(f"AdamW eps must be > 0, got {eps}.")
+        self.beta1 = ms.Tensor(float(beta1), ms.float32)
+        self.beta2 = ms.Tensor(float(beta2), ms.float32)
+        self.eps = ms.Tensor(float(eps), ms.float32)
+        self.moments1 = self._parameters.clone(prefix="adam_m", init="zeros")
+        self.moments2 = self._parameters.clone(prefix="adam_v", init="zeros")
+        self.fused = ops.AdamWeightDecay()
+
+    def construct(self, gradients):
+        weight_decay = self.get_weight_decay()
+        lr = self.get_lr()
+        step = ops.cast(self.global_step, ms.float32).reshape(()) + 1.0
+        self.assignadd(self.global_step, self.global_step_increase_tensor)
+        bias_correction1 = 1.0 - ops.pow(self.beta1, step)
+        root_correction2 = ops.sqrt(1.0 - ops.pow(self.beta2, step))
+        lr_scale = root_correction2 / bias_correction1
+        decay_scale = bias_correction1 / root_correction2
+        eps = self.eps * root_correction2
+        if not self.is_group:
+            weight_decay = (weight_decay,) * len(self._parameters)
+        if self.is_group_lr:
+            return self.hyper_map(ops.partial(_adamw_update, self.fused, self.beta1, self.beta2, eps, lr_scale,
+                                              decay_scale), lr, weight_decay, self._parameters, self.moments1,
+                                  self.moments2, gradients)
+        return self.hyper_map(ops.partial(_adamw_update, self.fused, self.beta1, self.beta2, eps, lr_scale,
+                                          decay_scale, lr), weight_decay, self._parameters, self.moments1,
+                              self.moments2, gradients)
+
+def build_optimizer(config, params, learning_rate, skip_names=None):
+    """AdamW (``opt: adamw``, as ``torch.optim.AdamW``) or SGD with momentum (``opt: sgd``) with weight-decay groups.
+
+    Args:
+        params: the network (a Cell: its trainable parameters, and its ``no_weight_decay()`` names are
+            exempted) or a list of Parameters.
+        learning_rate: a float or the per-step array of ``src.lr_generator.get_lr``.
+        skip_names: exact parameter names without weight decay (default: the Cell's ``no_weight_decay()``).
     """
     if isinstance(params, nn.Cell):
+        if skip_names is None:
+            skip_names = model_no_weight_decay(params)
         params = params.trainable_params()
     params = list(params)
     if isinstance(learning_rate, (np.ndarray, list, tuple)):
         learning_rate = ms.Tensor(np.asarray(learning_rate, np.float32))
     wd = float(config.weight_decay)
-    decay, no_decay = split_weight_decay(params, getattr(config, "no_weight_decay_filter", ()))
+    decay, no_decay = split_weight_decay(params, getattr(config, "no_weight_decay_filter", ()), skip_names or ())
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": wd})
@@ -77,19 +169,16 @@ def build_optimizer(config, params, learning_rate):
     groups.append({"order_params": params})
     opt = str(config.opt).lower()
     if opt == "adamw":
-        return nn.AdamWeightDecay(groups, learning_rate=learning_rate, beta1=float(config.beta1),
-                                  beta2=float(config.beta2), eps=float(getattr(config, "eps", 1e-8)),
-                                  weight_decay=0.0)
+        return AdamW(groups, learning_rate=learning_rate, beta1=float(config.beta1), beta2=float(config.beta2),
+                     eps=float(getattr(config, "eps", 1e-8)))
     if opt in ("sgd", "momentum"):
-        return nn.Momentum(groups, learning_rate=learning_rate, momentum=float(config.momentum),
-                           weight_decay=0.0)
+        return nn.Momentum(groups, learning_rate=learning_rate, momentum=float(config.momentum), weight_decay=0.0)
     raise ValueError(f"Unknown opt {config.opt!r}; use adamw or sgd.")
 
 
 def gc_mask(params):
-    """Gradient-centralisation flags: True for conv / dense weights (decayed parameters of rank >= 2)."""
-    return tuple(len(p.shape) >= 2 and p.name.endswith("weight") and uses_weight_decay(p.name, p.shape)
-                 for p in params)
+    """Gradient-centralisation flags: True for conv / dense weights (parameters of rank >= 2 named ``*weight``)."""
+    return tuple(len(p.shape) >= 2 and p.name.endswith("weight") for p in params)
 
 
 class GradientPreprocess(nn.Cell):
@@ -98,7 +187,8 @@ class GradientPreprocess(nn.Cell):
     Args:
         params: the optimizer's parameters (their order is the order of the gradients).
         gc_flag: subtract from each conv / dense weight gradient its mean over all axes but the first.
-        clip_grad: maximum global L2 norm of all gradients; 0 or None disables clipping.
+        clip_grad: maximum global L2 norm of all gradients (``torch.nn.utils.clip_grad_norm_``); 0 or None
+            disables clipping.
     """
 
     def __init__(self, params, gc_flag=False, clip_grad=0.0):
@@ -107,7 +197,6 @@ class GradientPreprocess(nn.Cell):
         self.use_gc = bool(gc_flag) and any(self.gc_flags)
         self.clip = float(clip_grad or 0.0)
         self.use_clip = self.clip > 0
-        self.hyper_map = ops.HyperMap()
 
     @staticmethod
     def _centralize(flag, grad):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import create_model, model_family
-from models.registry import CheckpointMismatchError
+from models.checkpoint import CheckpointMismatchError
 
 #: state-dict entries that carry no weights (BatchNorm's step counter) and are dropped on purpose
 _COUNTER_SUFFIX = ".num_batches_tracked"
@@ -48,29 +48,6 @@ def load_torch_state_dict(path):
             continue
         arrays[name[len("module."):] if name.startswith("module.") else name] = value
     return arrays
-
-
-def norm_layer_torch_names(net):
-    """Map the parameters of ``net`` to PyTorch names by layer type, keeping the module path.
-
-    BatchNorm: gamma/beta/moving_mean/moving_variance -> weight/bias/running_mean/running_var;
-    LayerNorm: gamma/beta -> weight/bias; every other parameter keeps its name.
-    Families whose module paths equal the reference's use this directly.
-    """
-    from mindspore import nn
-
-    renames = {}
-    for prefix, cell in net.cells_and_names():
-        if isinstance(cell, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            table = {"gamma": "weight", "beta": "bias", "moving_mean": "running_mean",
-                     "moving_variance": "running_var"}
-        elif isinstance(cell, nn.LayerNorm):
-            table = {"gamma": "weight", "beta": "bias"}
-        else:
-            continue
-        for ours, theirs in table.items():
-            renames[f"{prefix}.{ours}"] = f"{prefix}.{theirs}"
-    return {name: renames.get(name, name) for name, _ in net.parameters_and_names()}
 
 
 @dataclass

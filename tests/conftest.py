@@ -9,8 +9,6 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 

@@ -5,9 +5,15 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: the PyTorch reference fixtures (../shared/fixtures/torch_reference beside the clone; SOFT_FIXTURES overrides)
 FIXTURES = Path(os.environ.get("SOFT_FIXTURES", REPO.parent / "shared" / "fixtures" / "torch_reference"))
+#: the one skip rule of every fixture-based test: same condition, same reason
+requires_fixtures = pytest.mark.skipif(
+    not (FIXTURES / "soft_tiny.npz").is_file(),
+    reason=f"PyTorch reference fixtures not found at {FIXTURES} (put shared/ beside the clone or set SOFT_FIXTURES)")
 
 
 def rel_err(ours, ref):

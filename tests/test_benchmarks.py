@@ -14,6 +14,8 @@ import pytest
 from benchmarks.throughput import parse_model_spec
 from helpers import REPO
 
+pytestmark = pytest.mark.slow
+
 HAS_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 TIMEOUT = 300
 

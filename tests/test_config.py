@@ -8,6 +8,8 @@ import yaml
 from src.model_utils.config import (BACKBONES, DEFAULT_CONFIG, KEY_ALIASES, REPO_ROOT, SCHEMA, Config,
                                     ConfigError, format_help, load_config, make_config)
 
+pytestmark = pytest.mark.unit
+
 CONFIG_FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "config", "*.yml")))
 
 # SPEC section 7: keys of the original MindSpore port that must keep working.

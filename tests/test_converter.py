@@ -6,12 +6,16 @@ import pytest
 
 import mindspore as ms
 
-from helpers import fixture_weights, run_cli
+from helpers import fixture_weights, requires_fixtures, run_cli
 from models import CheckpointMismatchError, create_model, load_checkpoint_strict
 from models.softmax_free_vision_transformer import torch_param_names
 from src.torch_checkpoint import convert_state_dict, load_torch_state_dict
 
+pytestmark = pytest.mark.unit
 
+
+@requires_fixtures
+@pytest.mark.parity
 def test_every_soft_parameter_maps_onto_a_distinct_reference_entry():
     net = create_model("soft_tiny")
     names = torch_param_names(net)
@@ -20,6 +24,7 @@ def test_every_soft_parameter_maps_onto_a_distinct_reference_entry():
     assert set(names.values()) == {k for k in weights if not k.endswith("num_batches_tracked")}
 
 
+@pytest.mark.cli
 def test_published_soft_small_with_20_stage3_blocks_converts(tmp_path):
     """The public code builds soft_small with 20 stage-3 blocks; the depths are inferred from the keys."""
     source = create_model("soft_small", num_classes=10, depths=(1, 3, 20, 4))
@@ -35,11 +40,15 @@ def test_published_soft_small_with_20_stage3_blocks_converts(tmp_path):
         np.testing.assert_array_equal(p.asnumpy(), q.asnumpy())
 
 
+@requires_fixtures
+@pytest.mark.parity
 def test_norm_variant_takes_the_plain_weights():
     net, report = convert_state_dict("soft_norm_tiny", fixture_weights("soft_tiny"))
     assert report.complete and report.dropped_counters == 6 and not report.overrides.get("depths")
 
 
+@requires_fixtures
+@pytest.mark.parity
 def test_nested_and_prefixed_state_dicts_are_unwrapped(tmp_path):
     torch = pytest.importorskip("torch")
     weights = {f"module.{k}": torch.from_numpy(v) for k, v in list(fixture_weights("soft_tiny").items())[:5]}
@@ -49,6 +58,8 @@ def test_nested_and_prefixed_state_dicts_are_unwrapped(tmp_path):
     assert set(loaded) == {k[len("module."):] for k in weights}
 
 
+@requires_fixtures
+@pytest.mark.parity
 def test_converter_names_a_mis_shaped_entry(tmp_path):
     weights = fixture_weights("soft_tiny")
     weights["block2.1.att.ff1.weight"] = weights["block2.1.att.ff1.weight"][:100]
@@ -62,6 +73,8 @@ def test_converter_names_a_mis_shaped_entry(tmp_path):
     assert not (tmp_path / "bad.ckpt").exists()
 
 
+@requires_fixtures
+@pytest.mark.parity
 def test_converter_reports_unused_and_unfilled_entries(tmp_path):
     weights = fixture_weights("soft_tiny")
     del weights["block1.0.att.mha.attn.conv.weight"]

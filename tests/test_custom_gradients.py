@@ -5,7 +5,9 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from models.softmax_free_transformer import HeadwiseConv, LayerNorm
+from models.layers import HeadwiseConv, LayerNorm
+
+pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(autouse=True)

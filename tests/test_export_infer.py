@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
@@ -34,6 +33,8 @@ from models import create_model  # noqa: E402
 from models.softmax_free_vision_transformer import bilinear_matrix  # noqa: E402
 from models.export_utils import (ErfFreeGELU, class_names_path, prepare_for_export,  # noqa: E402
                                  read_class_names, write_class_names)
+
+pytestmark = pytest.mark.cli
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 

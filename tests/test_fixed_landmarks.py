@@ -9,6 +9,8 @@ from helpers import rel_err
 from models import create_model
 from models.softmax_free_transformer import SoftKernelAttention
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("grid", [None, 7])
 def test_landmark_count_is_fixed_only_with_a_landmark_grid(grid):

@@ -6,6 +6,8 @@ import mindspore as ms
 
 from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm, gaussian_kernel
 
+pytestmark = pytest.mark.unit
+
 
 def _kernel_matrices(dtype, batch=2, heads=3, m=16, d=8, spread=0.6, seed=0):
     """Well-conditioned Gaussian-kernel matrices G(L, L) [batch, heads, m, m] of random landmarks."""

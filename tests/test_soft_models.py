@@ -5,8 +5,10 @@ import pytest
 import mindspore as ms
 from mindspore import nn
 
-from helpers import convert_fixture, fixture_arrays, rel_err
+from helpers import convert_fixture, fixture_arrays, rel_err, requires_fixtures
 from models import create_model
+
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def graph_mode():
@@ -16,6 +18,8 @@ def graph_mode():
 
 
 @pytest.mark.parametrize("arch, suffix", [("soft_tiny", ""), ("soft_norm_tiny", "_per_matrix")])
+@requires_fixtures
+@pytest.mark.parity
 def test_logits_equal_the_pytorch_reference(tmp_path, arch, suffix):
     ckpt = convert_fixture(tmp_path, arch)
     net = create_model(arch, pretrained=str(ckpt))
@@ -51,6 +55,7 @@ def test_stage_features_and_pooled_feature_have_the_documented_shapes():
     assert tuple(net(x).shape) == (2, 512)  # no head: the pooled feature
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("size", [(100, 100), (224, 200), (64, 33)])
 def test_input_size_not_a_multiple_of_32_is_a_clear_error(size):
     net = create_model("soft_tiny", num_classes=10)

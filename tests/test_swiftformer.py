@@ -1,8 +1,10 @@
-"""SwiftFormer: parity with the PyTorch reference (through the converter CLI), sizes, training, bad input.
+"""SwiftFormer: parity with the PyTorch reference (through the converter CLI), the paper's formulas, the
+inference pass (fused == unfused, exportable, idempotent), the optional CPU kernels (used only when built
+and allowed, never compiled by a model), sizes, training in graph mode, bad input.
 
-CPU, graph mode. The reference fixtures live in ../../shared/fixtures/torch_reference (override with the
-SOFT_FIXTURES environment variable); the tests that need them are skipped when they are absent.
+CPU, graph mode. Fixture-based tests skip with helpers' reason when ../shared is absent.
 """
+import logging
 import os
 import re
 import subprocess
@@ -12,29 +14,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import mindspore as ms
+from mindspore import nn, ops
 
-import mindspore as ms  # noqa: E402
-from mindspore import nn, ops  # noqa: E402
+from helpers import FIXTURES, REPO, rel_err, requires_fixtures, run_cli
+from models import create_model, fuse_for_inference, is_fused, kernels, list_models
+from models import swiftformer as sf
+from models.export_utils import prepare_for_export
 
-from models import create_model, list_models  # noqa: E402
-from models import swiftformer as sf  # noqa: E402
+pytestmark = pytest.mark.unit
 
-ms.set_context(mode=ms.GRAPH_MODE)
-
-FIXTURES = Path(os.environ.get("SOFT_FIXTURES",
-                              Path(__file__).resolve().parents[2] / "shared/fixtures/torch_reference"))
 FIXTURE = FIXTURES / "SwiftFormer_XS.npz"
-needs_fixture = pytest.mark.skipif(not FIXTURE.is_file(), reason=f"reference fixture {FIXTURE} not found")
-
 PARAMS = {"SwiftFormer_XS": 3_475_360, "SwiftFormer_S": 6_092_128, "SwiftFormer_L1": 12_057_920,
           "SwiftFormer_L3": 28_494_736}
+KERNELS_BUILT = os.path.isfile(kernels.library_path())
 
 
-def _rel(ours, ref):
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+@pytest.fixture(autouse=True)
+def graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
 
 
 def _eval(net, x):
@@ -42,14 +41,36 @@ def _eval(net, x):
     return net(ms.Tensor(x)).asnumpy()
 
 
-def _convert(src, dst, arch="SwiftFormer_XS"):
-    """Run the converter CLI; returns its stdout."""
-    proc = subprocess.run([sys.executable, "tools/convert_torch_checkpoint.py", "--arch", arch, "--src", str(src),
-                           "--dst", str(dst)], cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+def _randomise(net, seed=0):
+    """Random BN statistics, affine parameters, biases and layer scales, so that every fold matters."""
+    rng = np.random.default_rng(seed)
+    for p in net.get_parameters():
+        if re.search(r"(moving_variance|gamma|layer_scale\w*)$", p.name):
+            p.set_data(ms.Tensor(rng.uniform(0.5, 1.5, p.shape).astype(np.float32)))
+        elif re.search(r"(moving_mean|beta|bias)$", p.name):
+            p.set_data(ms.Tensor(rng.normal(0.0, 0.2, p.shape).astype(np.float32)))
+    return net
 
 
+def _copy(net, factory):
+    """A second network from ``factory()`` with ``net``'s parameters (a fresh cell: nothing compiled yet)."""
+    other = factory()
+    ms.load_param_into_net(other, {p.name: ms.Parameter(p.data.copy(), name=p.name) for p in net.get_parameters()})
+    return other
+
+
+def _plain_and_fused(factory, seed=0):
+    plain = _randomise(factory(), seed)
+    plain.set_train(False)
+    return plain, fuse_for_inference(_copy(plain, factory))
+
+
+def _small(**kwargs):
+    """A two-stage SwiftFormer with every block type (ConvEncoder, SwiftFormerEncoder, Embedding): fast to compile."""
+    return sf.SwiftFormer(embed_dims=(16, 24), depths=(2, 2), num_classes=10, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- parity
 @pytest.fixture(scope="module")
 def reference():
     with np.load(FIXTURE) as data:
@@ -58,56 +79,39 @@ def reference():
 
 @pytest.fixture(scope="module")
 def converted(reference, tmp_path_factory):
-    """Converted checkpoints: 'full' (with dist_head) and 'single' (dist_head.* dropped)."""
+    """Converted checkpoints: 'full' (with dist_head) and 'single' (dist_head.* dropped), with the CLI logs."""
     tmp = tmp_path_factory.mktemp("swiftformer")
     weights = {k: v for k, v in reference.items() if not k.startswith(("input", "logits"))}
     out = {}
     for name, state in (("full", weights), ("single", {k: v for k, v in weights.items()
                                                        if not k.startswith("dist_head.")})):
         np.savez(tmp / f"{name}.npz", **state)
-        out[name + "_log"] = _convert(tmp / f"{name}.npz", tmp / f"{name}.ckpt")
+        proc = run_cli("tools/convert_torch_checkpoint.py", "--arch", "SwiftFormer_XS", "--src", tmp / f"{name}.npz",
+                       "--dst", tmp / f"{name}.ckpt", timeout=300)
+        out[name + "_log"] = proc.stdout
         out[name] = str(tmp / f"{name}.ckpt")
     return out
 
 
-def test_registered():
-    assert set(PARAMS) <= set(list_models("SwiftFormer*"))
+@requires_fixtures
+@pytest.mark.parity
+@pytest.mark.parametrize("path", ["plain", "fused"])
+def test_parity_with_reference_through_converter(reference, converted, path):
+    net = create_model("SwiftFormer_XS", pretrained=converted["full"])
+    if path == "fused":
+        fuse_for_inference(net)
+    pairs = [("input_160", "logits_160")] if path == "plain" else [("input", "logits"), ("input_160", "logits_160")]
+    for inp, ref in pairs:
+        err = rel_err(_eval(net, reference[inp]), reference[ref])
+        assert err <= 1e-5, f"{path} {inp}: max|ours-ref|/max|ref| = {err:.3g}"
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
-def test_parameter_counts(name):
-    net = create_model(name)
-    assert sum(p.size for p in net.trainable_params()) == PARAMS[name]
-
-
+@requires_fixtures
+@pytest.mark.parity
 def test_parameter_names_are_the_reference_keys():
-    keys = [line.split()[0] for line in (FIXTURES / "SwiftFormer_XS_keys.txt").read_text().splitlines()
-            if line.strip()] if (FIXTURES / "SwiftFormer_XS_keys.txt").is_file() else None
-    if keys is None:
-        pytest.skip("reference key list not found")
+    keys = [line.split()[0] for line in (FIXTURES / "SwiftFormer_XS_keys.txt").read_text().splitlines() if line.strip()]
     names = sf.torch_param_names(create_model("SwiftFormer_XS"))
     assert sorted(names.values()) == sorted(k for k in keys if not k.endswith("num_batches_tracked"))
-
-
-def test_variant_overrides_from_torch():
-    keys = [f"network.{2 * i}.{j}.layer_scale" for i, depth in enumerate((3, 3, 8, 4)) for j in range(depth)]
-    state = {k: np.zeros(1) for k in keys}
-    state["head.weight"] = np.zeros((10, 220), np.float32)
-    got = sf.variant_overrides_from_torch(state, "SwiftFormer_XS")
-    assert got == {"num_classes": 10, "distillation": False, "depths": (3, 3, 8, 4)}
-    state["dist_head.weight"] = state["head.weight"]
-    keys_only = sf.variant_overrides_from_torch(list(state), "SwiftFormer_XS")
-    assert keys_only == {"depths": (3, 3, 8, 4)}
-
-
-@needs_fixture
-@pytest.mark.parametrize("fused", [None, False])
-def test_parity_with_reference_through_converter(reference, converted, fused):
-    net = create_model("SwiftFormer_XS", pretrained=converted["full"], fused_kernels=fused)
-    pairs = [("input", "logits"), ("input_160", "logits_160")] if fused is None else [("input_160", "logits_160")]
-    for inp, ref in pairs:
-        err = _rel(_eval(net, reference[inp]), reference[ref])
-        assert err <= 1e-5, f"{inp}: max|ours-ref|/max|ref| = {err:.3g}"
 
 
 class _HeadOnly(nn.Cell):
@@ -119,7 +123,8 @@ class _HeadOnly(nn.Cell):
         return self.net.head(self.net.forward_features(x))
 
 
-@needs_fixture
+@requires_fixtures
+@pytest.mark.parity
 def test_checkpoint_without_dist_head_gives_single_head(reference, converted):
     assert "distillation" in converted["single_log"]
     single = create_model("SwiftFormer_XS", distillation=False, pretrained=converted["single"])
@@ -133,9 +138,37 @@ def test_checkpoint_without_dist_head_gives_single_head(reference, converted):
     np.testing.assert_allclose(ours, head_only(ms.Tensor(x)).asnumpy(), rtol=0, atol=1e-5 * np.abs(ours).max())
 
 
-def _small(**kwargs):
-    """A two-stage SwiftFormer with every block type (ConvEncoder, SwiftFormerEncoder, Embedding): fast to compile."""
-    return sf.SwiftFormer(embed_dims=(16, 24), depths=(2, 2), num_classes=10, **kwargs)
+# ----------------------------------------------------------------------------------------------- structure
+def test_registered():
+    assert set(PARAMS) <= set(list_models("SwiftFormer*"))
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_parameter_counts(name):
+    net = create_model(name)
+    assert sum(p.size for p in net.trainable_params()) == PARAMS[name]
+
+
+def test_no_weight_decay_is_empty_as_in_the_reference():
+    assert create_model("SwiftFormer_XS", num_classes=10).no_weight_decay() == set()
+
+
+def test_variant_overrides_from_torch():
+    keys = [f"network.{2 * i}.{j}.layer_scale" for i, depth in enumerate((3, 3, 8, 4)) for j in range(depth)]
+    state = {k: np.zeros(1) for k in keys}
+    state["head.weight"] = np.zeros((10, 220), np.float32)
+    got = sf.variant_overrides_from_torch(state, "SwiftFormer_XS")
+    assert got == {"num_classes": 10, "distillation": False, "depths": (3, 3, 8, 4)}
+    state["dist_head.weight"] = state["head.weight"]
+    keys_only = sf.variant_overrides_from_torch(list(state), "SwiftFormer_XS")
+    assert keys_only == {"depths": (3, 3, 8, 4)}
+
+
+def test_no_python_file_holds_cpp_source():
+    marker = 'extern "C' + '"'  # spelled in two parts, so that this file does not match itself
+    offenders = [str(p.relative_to(REPO)) for p in REPO.rglob("*.py")
+                 if ".venv" not in p.parts and marker in p.read_text(encoding="utf-8", errors="ignore")]
+    assert not offenders, offenders
 
 
 def test_eval_output_does_not_depend_on_batch_mates():
@@ -143,111 +176,7 @@ def test_eval_output_does_not_depend_on_batch_mates():
     x = np.random.default_rng(0).standard_normal((3, 3, 64, 64)).astype(np.float32)
     together = _eval(net, x)
     alone = _eval(net, x[1:2].copy())
-    assert _rel(together[1:2], alone) <= 1e-5
-
-
-def _attention_reference(x, p):
-    """The reference formula on tokens [B, N, C] in float64; returns (a [B, N], out [B, C, H, W])."""
-    b, c, h, w = x.shape
-    t = x.reshape(b, c, h * w).transpose(0, 2, 1).astype(np.float64)
-    l2n = lambda v, axis: v / np.maximum(np.linalg.norm(v, axis=axis, keepdims=True), 1e-12)  # noqa: E731
-    q = l2n(t @ p["to_query.weight"].T + p["to_query.bias"], -1)
-    k = l2n(t @ p["to_key.weight"].T + p["to_key.bias"], -1)
-    a = l2n(q @ p["w_g"] * c ** -0.5, 1)  # [B, N, 1], normalised over the tokens
-    g = (a * q).sum(axis=1, keepdims=True)
-    out = (g * k) @ p["Proj.weight"].T + p["Proj.bias"] + q
-    out = out @ p["final.weight"].T + p["final.bias"]
-    return a[..., 0], out.transpose(0, 2, 1).reshape(b, c, h, w)
-
-
-class _TokenWeights(nn.Cell):
-    def __init__(self, attn):
-        super().__init__()
-        self.attn = attn
-
-    def construct(self, x):
-        return self.attn.token_weights(x)
-
-
-def test_attention_matches_formula_and_weights_vary_over_tokens():
-    attn = sf.EfficientAdditiveAttention(16)
-    rng = np.random.default_rng(1)
-    for _, param in attn.parameters_and_names():
-        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.3))
-    params = {name: param.asnumpy().astype(np.float64) for name, param in attn.parameters_and_names()}
-    x = rng.standard_normal((2, 16, 8, 4)).astype(np.float32)
-    a_ref, out_ref = _attention_reference(x, params)
-    a = _TokenWeights(attn)(ms.Tensor(x)).asnumpy()
-    out = attn(ms.Tensor(x)).asnumpy()
-    assert a.shape == (2, 32)
-    np.testing.assert_allclose((a * a).sum(axis=1), 1.0, rtol=1e-5)
-    assert (a.max(axis=1) - a.min(axis=1) > 0.05).all(), "attention weights are constant across tokens"
-    assert np.abs(a - a_ref).max() <= 1e-5
-    assert _rel(out, out_ref) <= 1e-5
-
-
-class _DistillLoss(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.ce = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-
-    def construct(self, x, y):
-        logits, dist = self.net(x)
-        return (self.ce(logits, y) + self.ce(dist, y)) / 2
-
-
-def test_training_step_updates_every_parameter():
-    net = create_model("SwiftFormer_XS", num_classes=10)
-    step = nn.TrainOneStepCell(_DistillLoss(net), nn.Adam(net.trainable_params(), learning_rate=1e-3))
-    step.set_train(True)
-    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
-    rng = np.random.default_rng(2)
-    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
-    y = ms.Tensor(np.array([1, 7], np.int32))
-    loss = float(step(x, y).asnumpy())
-    assert np.isfinite(loss)
-    unchanged = [p.name for p in net.get_parameters() if np.array_equal(p.asnumpy(), before[p.name])]
-    assert not unchanged, f"not updated by a training step: {unchanged}"
-    net.set_train(True)
-    out = net(x)
-    assert isinstance(out, tuple) and len(out) == 2 and out[0].shape == (2, 10)
-
-
-class _Grads(nn.Cell):
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-        self.weights = ms.ParameterTuple(net.trainable_params())
-        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
-
-    def construct(self, x, sens):
-        return self.grad(self.net, self.weights)(x, sens)
-
-
-@pytest.mark.skipif(not sf.fused_kernels_available(), reason="fused CPU kernels unavailable (no C++ compiler)")
-def test_fused_kernels_match_standard_ops_in_training():
-    fused = _small(fused_kernels=True, distillation=False, layer_scale_init_value=0.5)
-    plain = _small(fused_kernels=False, distillation=False, layer_scale_init_value=0.5)
-    ms.load_param_into_net(plain, {p.name: ms.Parameter(ms.Tensor(p.asnumpy()), name=p.name)
-                                   for p in fused.get_parameters()})
-    rng = np.random.default_rng(3)
-    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((2, 10)).astype(np.float32))
-    results = []
-    for net in (fused, plain):
-        net.set_train(True)
-        results.append([g.asnumpy() for g in _Grads(net)(x, sens)])
-    names = [p.name for p in fused.trainable_params()]
-    largest = max(np.abs(g).max() for g in results[1])
-    # the bias of a convolution followed by a training-mode BatchNorm has a zero gradient (float32 noise)
-    before_bn = re.compile(r"(patch_embed\.[03]|network\.\d+\.proj|dwconv)\.bias$")
-    for name, g_fused, g_plain in zip(names, *results):
-        if before_bn.search(name):
-            assert np.abs(g_fused).max() <= 1e-5 * largest, name
-        else:
-            err = np.abs(g_fused - g_plain).max() / max(np.abs(g_plain).max(), 1e-3 * largest)
-            assert err <= 1e-4, f"{name}: {err:.3g}"
+    assert rel_err(together[1:2], alone) <= 1e-5
 
 
 class _LogitsAndStages(nn.Cell):
@@ -268,8 +197,265 @@ def test_non_square_input_features_and_stage_maps():
     assert [tuple(s.shape) for s in stages] == [(1, 48, 16, 24), (1, 56, 8, 12), (1, 112, 4, 6), (1, 220, 2, 3)]
 
 
-def test_size_not_multiple_of_32_is_a_clear_error():
+@pytest.mark.parametrize("fused", [False, True])
+def test_size_not_multiple_of_32_is_a_clear_error(fused):
     net = create_model("SwiftFormer_XS", num_classes=10)
+    if fused:
+        fuse_for_inference(net)
     net.set_train(False)
     with pytest.raises(ValueError, match="multiple.* of 32"):
         net(ms.Tensor(np.zeros((1, 3, 100, 100), np.float32)))
+
+
+# ----------------------------------------------------------------------------------------------- attention
+def _attention_reference(tokens, p):
+    """The reference formula on tokens [B, N, C] in float64; returns (a [B, N], out [B, N, C])."""
+    t = tokens.astype(np.float64)
+    l2n = lambda v, axis: v / np.maximum(np.linalg.norm(v, axis=axis, keepdims=True), 1e-12)  # noqa: E731
+    q = l2n(t @ p["to_query.weight"].T + p["to_query.bias"], -1)
+    k = l2n(t @ p["to_key.weight"].T + p["to_key.bias"], -1)
+    a = l2n(q @ p["w_g"] * q.shape[-1] ** -0.5, 1)  # [B, N, 1], normalised over the tokens
+    g = (a * q).sum(axis=1, keepdims=True)
+    out = (g * k) @ p["Proj.weight"].T + p["Proj.bias"] + q
+    return a[..., 0], out @ p["final.weight"].T + p["final.bias"]
+
+
+class _TokenWeights(nn.Cell):
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+
+    def construct(self, x):
+        return self.attn.token_weights(x)
+
+
+class _BiasAdded(nn.Cell):
+    """The inference attention with its bias added back: [B, C, H, W] -> [B, C, H, W]."""
+
+    def __init__(self, attn):
+        super().__init__()
+        self.attn = attn
+        self.bias = ms.Tensor(attn.bias.astype(np.float32))
+
+    def construct(self, x):
+        return ops.bias_add(self.attn(x), self.bias)
+
+
+@pytest.mark.parametrize("use_kernels", [False, True])
+def test_attention_matches_formula_and_weights_vary_over_tokens(use_kernels):
+    if use_kernels and not KERNELS_BUILT:
+        pytest.skip("CPU kernels not built (make kernels)")
+    attn = sf.EfficientAdditiveAttention(16)
+    rng = np.random.default_rng(1)
+    for _, param in attn.parameters_and_names():
+        param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.3))
+    params = {name: param.asnumpy().astype(np.float64) for name, param in attn.parameters_and_names()}
+    x = rng.standard_normal((2, 16, 8, 4)).astype(np.float32)  # [B, C, H, W]
+    tokens = x.reshape(2, 16, 32).transpose(0, 2, 1).copy()    # [B, N, C]
+    a_ref, out_ref = _attention_reference(tokens, params)
+    a = _TokenWeights(attn)(ms.Tensor(tokens)).asnumpy()
+    out = attn(ms.Tensor(tokens)).asnumpy()
+    assert a.shape == (2, 32)
+    np.testing.assert_allclose((a * a).sum(axis=1), 1.0, rtol=1e-5)
+    assert (a.max(axis=1) - a.min(axis=1) > 0.05).all(), "attention weights are constant across tokens"
+    assert np.abs(a - a_ref).max() <= 1e-5
+    assert rel_err(out, out_ref) <= 1e-5
+    # the inference form: channels-first, re-associated (with or without the key/query kernel)
+    inference = sf.AdditiveAttentionInference(attn, kernels.load() if use_kernels else None)
+    assert inference.use_cpu_kernels == use_kernels
+    channels_first = _BiasAdded(inference)(ms.Tensor(x)).asnumpy()
+    assert rel_err(channels_first, out_ref.transpose(0, 2, 1).reshape(x.shape)) <= 1e-5
+
+
+# ----------------------------------------------------------------------------------------------- inference pass
+def test_fused_equals_unfused_small_and_fusing_twice_is_a_no_op():
+    plain, fused = _plain_and_fused(lambda: _small(layer_scale_init_value=0.5), seed=1)
+    x = np.random.default_rng(5).standard_normal((2, 3, 64, 96)).astype(np.float32)
+    want = _eval(plain, x)
+    got = _eval(fused, x)
+    assert is_fused(fused) and not any(isinstance(c, nn.BatchNorm2d) for _, c in fused.cells_and_names())
+    assert rel_err(got, want) <= 1e-6
+    layout = [(name, type(cell).__name__) for name, cell in fused.cells_and_names()]
+    for _, cell in fused.cells_and_names():  # every hook once more, directly: nothing changes
+        if hasattr(cell, "reparameterize"):
+            cell.reparameterize()
+    assert fuse_for_inference(fused) is fused
+    assert [(name, type(cell).__name__) for name, cell in fused.cells_and_names()] == layout
+    again = _copy(plain, lambda: _small(layer_scale_init_value=0.5))
+    fuse_for_inference(again)
+    fuse_for_inference(again)
+    assert rel_err(_eval(again, x), want) <= 1e-6
+
+
+@pytest.mark.parametrize("name, shape", [("SwiftFormer_XS", (1, 3, 224, 224)), ("SwiftFormer_XS", (1, 3, 160, 224)),
+                                         pytest.param("SwiftFormer_S", (1, 3, 64, 64), marks=pytest.mark.slow),
+                                         pytest.param("SwiftFormer_L1", (1, 3, 64, 96), marks=pytest.mark.slow)])
+def test_fused_equals_unfused(name, shape):
+    plain, fused = _plain_and_fused(lambda: create_model(name, num_classes=100))
+    x = np.random.default_rng(6).standard_normal(shape).astype(np.float32)
+    err = rel_err(_eval(fused, x), _eval(plain, x))
+    assert err <= 1e-6, f"{name} {shape}: fused vs unfused {err:.3g}"
+
+
+def test_fused_network_exports_without_custom_operators(tmp_path):
+    plain, fused = _plain_and_fused(lambda: create_model("SwiftFormer_XS", num_classes=3, depths=(1, 1, 1, 1)))
+    x = np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = _eval(plain, x)
+    prepare_for_export(fused, "MINDIR")
+    assert not any(getattr(c, "use_cpu_kernels", False) for _, c in fused.cells_and_names())
+    for batch in (2, -1):
+        dummy = ms.Tensor(shape=[None, 3, 64, 64], dtype=ms.float32) if batch < 0 else ms.Tensor(x)
+        ms.export(fused, dummy, file_name=str(tmp_path / f"sf{batch}"), file_format="MINDIR")
+        graph = nn.GraphCell(ms.load(str(tmp_path / f"sf{batch}.mindir")))
+        assert rel_err(graph(ms.Tensor(x)).asnumpy(), want) <= 1e-5
+    assert rel_err(graph(ms.Tensor(x[:1])).asnumpy(), want[:1]) <= 1e-5  # dynamic batch: another batch size
+    ort = pytest.importorskip("onnxruntime")
+    prepare_for_export(fused, "ONNX")
+    ms.export(fused, ms.Tensor(x), file_name=str(tmp_path / "sf"), file_format="ONNX")
+    session = ort.InferenceSession(str(tmp_path / "sf.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert rel_err(got, want) <= 1e-3
+
+
+# ----------------------------------------------------------------------------------------------- CPU kernels
+def _kernel_cells(net):
+    return [name for name, cell in net.cells_and_names() if getattr(cell, "use_cpu_kernels", False)]
+
+
+def test_switch_values(monkeypatch):
+    for value, allowed in (("auto", True), ("", True), ("0", False), ("off", False)):
+        monkeypatch.setenv(kernels.SWITCH, value)
+        assert kernels.switch_allows() is allowed
+    monkeypatch.setenv(kernels.SWITCH, "yes please")
+    with pytest.raises(ValueError, match="SOFT_CPU_KERNELS must be 'auto' or '0'"):
+        kernels.switch_allows()
+
+
+def test_without_the_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    monkeypatch.setattr(kernels, "library_path", lambda: str(tmp_path / "not_built.so"))
+    with caplog.at_level(logging.WARNING, logger="models"):
+        nets = [fuse_for_inference(_small()) for _ in range(2)]
+    assert all(not _kernel_cells(net) for net in nets)
+    warnings = [r for r in caplog.records if r.name == "models" and "make kernels" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+def test_switch_off_means_no_kernels_even_when_built(monkeypatch, caplog):
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    with caplog.at_level(logging.WARNING, logger="models"):
+        net = fuse_for_inference(_small())
+    assert not _kernel_cells(net) and not caplog.records
+
+
+@pytest.mark.skipif(not KERNELS_BUILT, reason="CPU kernels not built (make kernels)")
+def test_built_kernels_are_used_by_the_fused_path_only_and_match_standard_ops(monkeypatch):
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    plain = _randomise(_small(layer_scale_init_value=0.5), seed=2)
+    assert not _kernel_cells(plain)
+    with_kernels = fuse_for_inference(_copy(plain, lambda: _small(layer_scale_init_value=0.5)))
+    used = _kernel_cells(with_kernels)
+    for expected in ("patch_embed.1", "dwconv", "act", "residual", "attn"):
+        assert any(expected in name for name in used), (expected, used)
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    standard = fuse_for_inference(_copy(plain, lambda: _small(layer_scale_init_value=0.5)))
+    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    want = _eval(plain, x)
+    assert rel_err(_eval(with_kernels, x), want) <= 1e-6
+    assert rel_err(_eval(standard, x), want) <= 1e-6
+
+
+_NO_COMPILER_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import numpy as np, mindspore as ms
+ms.set_context(mode=ms.GRAPH_MODE)
+from models import create_model, fuse_for_inference
+x = ms.Tensor(np.zeros((1, 3, 64, 64), np.float32))
+for fuse in (False, True):
+    net = create_model("SwiftFormer_XS", num_classes=3)
+    net.set_train(False)
+    if fuse:
+        fuse_for_inference(net)
+    assert net(x).shape == (1, 3)
+print("ran")
+"""
+
+
+def test_creating_and_running_a_model_starts_no_compiler(tmp_path):
+    """PATH holds only stand-ins for every compiler name; each records that it was started."""
+    record = tmp_path / "started.txt"
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name in ("g++", "c++", "gcc", "cc", "clang", "clang++", "ld"):
+        tool = tools / name
+        tool.write_text(f"#!/bin/sh\necho {name} >> {record}\nexit 1\n")
+        tool.chmod(0o755)
+    script = tmp_path / "child.py"
+    script.write_text(_NO_COMPILER_CHILD)
+    env = dict(os.environ, PATH=str(tools), CXX="g++")
+    proc = subprocess.run([sys.executable, str(script), str(REPO)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "ran" in proc.stdout, proc.stderr[-2000:]
+    assert not record.exists(), f"a compiler was started: {record.read_text()}"
+
+
+# ----------------------------------------------------------------------------------------------- training
+class _DistillLoss(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.ce = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+    def construct(self, x, y):
+        logits, dist = self.net(x)
+        return (self.ce(logits, y) + self.ce(dist, y)) / 2
+
+
+def test_training_step_updates_every_parameter_and_bn_statistics():
+    net = create_model("SwiftFormer_XS", num_classes=10)
+    step = nn.TrainOneStepCell(_DistillLoss(net), nn.Adam(net.trainable_params(), learning_rate=1e-3))
+    step.set_train(True)
+    before = {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    y = ms.Tensor(np.array([1, 7], np.int32))
+    loss = float(step(x, y).asnumpy())
+    assert np.isfinite(loss)
+    unchanged = [p.name for p in net.get_parameters() if np.array_equal(p.asnumpy(), before[p.name])]
+    assert not unchanged, f"not updated by a training step: {unchanged}"
+    statistics = [p.name for p in net.get_parameters() if "moving_" in p.name]
+    assert len(statistics) == 2 * sum(isinstance(c, nn.BatchNorm2d) for _, c in net.cells_and_names()) > 0
+    net.set_train(True)
+    out = net(x)
+    assert isinstance(out, tuple) and len(out) == 2 and out[0].shape == (2, 10)
+
+
+class _Grads(nn.Cell):
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.weights = ms.ParameterTuple(net.trainable_params())
+        self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
+
+    def construct(self, x, sens):
+        return self.grad(self.net, self.weights)(x, sens)
+
+
+def test_training_gradients_reach_every_parameter():
+    net = _small(distillation=False, layer_scale_init_value=0.5)
+    net.set_train(True)
+    rng = np.random.default_rng(3)
+    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 10)).astype(np.float32))
+    grads = [g.asnumpy() for g in _Grads(net)(x, sens)]
+    names = [p.name for p in net.trainable_params()]
+    largest = max(np.abs(g).max() for g in grads)
+    # the bias of a convolution followed by a training-mode BatchNorm has a zero gradient (float32 noise)
+    before_bn = re.compile(r"(patch_embed\.[03]|network\.\d+\.proj|dwconv)\.bias$")
+    for name, grad in zip(names, grads):
+        assert np.isfinite(grad).all(), name
+        if before_bn.search(name):
+            assert np.abs(grad).max() <= 1e-5 * largest, name
+        else:
+            assert np.abs(grad).max() > 1e-7 * largest, f"{name}: no gradient"

@@ -18,6 +18,7 @@ Derived values: an empty ``eval_path`` means ``<dataset_path>/val`` (the sibling
 from ``config.train_path`` = ``<dataset_path>/train`` (``src/dataset.py`` also accepts the original
 port's layout, where ``dataset_path`` is the training folder itself).
 """
+import copy
 import difflib
 import os
 import sys
@@ -25,16 +26,11 @@ from collections import OrderedDict
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "Key", "SCHEMA", "KEY_ALIASES", "BACKBONES", "DEFAULT_CONFIG",
+__all__ = ["ConfigError", "Config", "Key", "SCHEMA", "KEY_ALIASES", "IGNORED_KEYS", "DEFAULT_CONFIG",
            "load_config", "make_config", "format_help"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join("config", "SOFT_config.yml")
-
-BACKBONES = ("soft_tiny", "soft_small", "soft_medium", "soft_large", "soft_huge",
-             "soft_norm_tiny", "soft_norm_small", "soft_norm_medium", "soft_norm_large", "soft_norm_huge",
-             "SwiftFormer_XS", "SwiftFormer_S", "SwiftFormer_L1", "SwiftFormer_L3")
-
 
 class ConfigError(ValueError):
     """A configuration mistake: unknown key, wrong type or a value out of range."""
@@ -153,7 +149,7 @@ _GROUPS = [
             choices=("", "bilinear", "bicubic", "nearest", "area")),
     ]),
     ("Network", [
-        Key("backbone", "str", "soft_tiny", "model name: " + ", ".join(BACKBONES)),
+        Key("backbone", "str", "soft_tiny", "model name, one of models.list_models() (listed below)"),
         Key("class_num", "int", 1000, "number of classes; must equal the number of class folders",
             check=_positive),
         Key("pretrained", "path", "",
@@ -161,10 +157,12 @@ _GROUPS = [
             "initialisation)"),
         Key("drop_path_rate", "float", 0.0, "stochastic depth rate, ramped linearly over the blocks",
             check=_probability),
-        Key("newton_iters", "int", 20, "Newton steps of the SOFT pseudo-inverse (soft_* backbones)",
-            check=_positive),
-        Key("soft_config_path", "str", "",
-            "accepted for compatibility with the original port's configs; not used"),
+        Key("model_args", "dict", {},
+            "constructor options of the backbone, passed to models.create_model: e.g. {newton_iters: 20, "
+            "landmarks: pool} for SOFT, {distillation: false} for SwiftFormer (YAML mapping; on the command "
+            "line JSON or key=value,key=value)"),
+        Key("newton_iters", "int", 0,
+            "old flat spelling of model_args: {newton_iters: N} (SOFT backbones); 0: not set", check=_non_negative),
     ]),
     ("Learning rate", [
         Key("lr_decay_mode", "str", "cosine",
@@ -185,10 +183,17 @@ _GROUPS = [
         Key("weight_decay", "float", 0.05, "weight decay (decoupled for AdamW)", check=_non_negative),
         Key("no_weight_decay_filter", "str", "beta,bias",
             "comma-separated fragments of parameter names trained without weight decay, in addition to "
-            "biases, norm weights (gamma/beta), other 1-D parameters, pos_embed and cls_token"),
+            "1-D parameters (norm weights, biases), names ending in .bias and the model's no_weight_decay() "
+            "names (SOFT: cls_token; the pos_embed tables are decayed)"),
         Key("gc_flag", "bool", False, "gradient centralisation"),
         Key("clip_grad", "float", 0.0, "clip gradients to this global L2 norm (0: off)", check=_non_negative),
-        Key("loss_scale", "float", 1024.0, "loss scale for mixed precision (1: none)", check=_positive),
+        Key("loss_scale", "float", 1024.0,
+            "loss scale for mixed precision (1: none); with loss_scale_type dynamic, the initial scale",
+            check=_positive),
+        Key("loss_scale_type", "str", "fixed",
+            "fixed: always loss_scale; dynamic: halve the scale and skip the step when the gradients overflow "
+            "(never below 1), double it after scale_window good steps in a row", choices=("fixed", "dynamic")),
+        Key("scale_window", "int", 2000, "good steps in a row before a dynamic loss scale doubles", check=_positive),
     ]),
     ("Loss and augmentation", [
         Key("loss_name", "str", "ce_smooth_mixup",
@@ -209,6 +214,17 @@ _GROUPS = [
             check=_non_negative),
         Key("reprob", "float", 0.0, "random erasing probability (per-pixel random values)", check=_probability),
         Key("hflip", "float", 0.5, "horizontal flip probability", check=_probability),
+        Key("distillation_type", "str", "none",
+            "DeiT distillation of the distillation head (SwiftFormer): none (both heads learn the labels), "
+            "hard (the teacher's arg-max class) or soft (KL divergence at distillation_tau)",
+            choices=("none", "soft", "hard")),
+        Key("distillation_alpha", "float", 0.5,
+            "weight of the distillation loss: (1 - alpha) * CE(head) + alpha * distillation loss(dist_head)",
+            check=_probability),
+        Key("distillation_tau", "float", 1.0, "temperature of soft distillation", check=_positive),
+        Key("teacher_model", "str", "",
+            "teacher of distillation: a registered model name, or a mindcv model name when mindcv is installed"),
+        Key("teacher_path", "path", "", "MindSpore checkpoint of the teacher's weights (loaded strictly)"),
     ]),
     ("Checkpoints", [
         Key("save_checkpoint", "bool", True, "save checkpoints during training"),
@@ -220,6 +236,9 @@ _GROUPS = [
         Key("resume", "path", "",
             "checkpoint to resume training from (network, optimizer state, epoch), or 'auto' for the newest "
             "checkpoint in the checkpoint folder; empty: a fresh start"),
+        Key("save_all_ranks", "bool", False,
+            "in data-parallel training every rank saves its own checkpoints into <checkpoint folder>/rank<R> "
+            "(to compare the replicas); otherwise rank 0 alone saves"),
         Key("checkpoint_file_path", "path", "",
             "checkpoint to evaluate (eval.py) or export (export.py)"),
         Key("model_ema", "bool", False, "keep an exponential moving average of the weights"),
@@ -238,17 +257,30 @@ _GROUPS = [
         Key("run_distribute", "bool", False, "data-parallel training over all devices of the job"),
         Key("amp_level", "str", "O0", "mixed precision level: O0 (float32), O1, O2 or O3",
             choices=("O0", "O1", "O2", "O3")),
-        Key("dataset_sink_mode", "bool", True, "feed data through MindSpore's dataset sink"),
-        Key("log_interval", "int", 50, "steps between intermediate training log lines (0: once per epoch)",
+        Key("dataset_sink_mode", "bool", True,
+            "feed batches through MindSpore's device-side data queue (GPU / Ascend; CPU always feeds one batch "
+            "per step, as MindSpore does there)"),
+        Key("sink_size", "int", -1,
+            "steps per sink with dataset_sink_mode: -1 = one sink per epoch; otherwise a divisor of the steps "
+            "of an epoch"),
+        Key("log_interval", "int", 50,
+            "steps between intermediate training log lines, the only points besides the epoch end where the "
+            "host reads the loss (0: once per epoch)",
             check=_non_negative),
         Key("open_profiler", "bool", False, "collect a MindSpore profile of the run"),
         Key("seed", "int", 1, "random seed (weights, data shuffle and augmentation)", check=_non_negative),
     ]),
     ("Export", [
-        Key("export_format", "str", "MINDIR", "export.py output format: MINDIR, ONNX or AIR",
+        Key("export_format", "str", "MINDIR",
+            "export.py output format (the model zoo's file_format): MINDIR, ONNX or AIR (Ascend only)",
             choices=("MINDIR", "ONNX", "AIR")),
-        Key("file_name", "str", "", "export.py output file name (empty: the backbone name)"),
-        Key("export_batch_size", "int", 1, "batch dimension of the exported network's input"),
+        Key("file_name", "str", "",
+            "export.py output file name without extension (empty: the backbone name; a relative name goes "
+            "into output_path when set)"),
+        Key("export_batch_size", "int", 1,
+            "export.py: batch dimension of the exported input, -1 for a dynamic batch (MINDIR only); when not "
+            "set, export.py takes batch_size from its config or command line (the model zoo's spelling), else 1"),
+        Key("onnx_path", "path", "", "eval_onnx.py: the ONNX file to evaluate (written by export.py)"),
     ]),
 ]
 
@@ -260,10 +292,15 @@ for _group, _keys in _GROUPS:
 del _group, _keys, _key
 
 # Old spellings that map onto a schema key.
-KEY_ALIASES = {"file_format": "export_format"}
+KEY_ALIASES = {"file_format": "export_format", "ckpt_file": "checkpoint_file_path"}
+
+# Keys of the original port's configs that are accepted and ignored (with the reason shown in --help).
+IGNORED_KEYS = {
+    "soft_config_path": "the original port's path of a second SOFT config; every option is a key here",
+}
 
 _TYPE_WORDS = {"str": "a string", "path": "a path (string)", "int": "an integer", "float": "a number",
-               "bool": "a boolean (true/false/1/0)"}
+               "bool": "a boolean (true/false/1/0)", "dict": "a mapping (YAML, JSON or key=value,key=value)"}
 _TRUE = {"true", "1", "yes", "on", "y", "t"}
 _FALSE = {"false", "0", "no", "off", "n", "f"}
 
@@ -346,6 +383,8 @@ def _coerce(key, value, where):
                 result = int(as_float)
         else:
             raise bad()
+    elif kind == "dict":
+        result = _parse_mapping(value, bad)
     elif kind == "float":
         if isinstance(value, bool):
             raise bad()
@@ -381,14 +420,57 @@ def _coerce(key, value, where):
     return result
 
 
-def _check_backbone(name, where):
-    valid = list(BACKBONES)
-    models = sys.modules.get("models")
-    if models is not None and hasattr(models, "list_models"):
+def _parse_mapping(value, bad):
+    """A dict from YAML (already a mapping), JSON text or 'key=value,key=value' (values read as YAML)."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, dict):
+        return {str(k): v for k, v in value.items()}
+    if not isinstance(value, str):
+        raise bad()
+    text = value.strip()
+    if text.startswith("{"):
         try:
-            valid += [n for n in models.list_models(include_benchmark=True) if n not in valid]
-        except Exception:  # pragma: no cover - registry unavailable
-            pass
+            parsed = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise bad() from None
+        if not isinstance(parsed, dict):
+            raise bad()
+        return {str(k): v for k, v in parsed.items()}
+    result = {}
+    for item in _split_top_level(text):
+        name, eq, raw = item.partition("=")
+        if not eq or not name.strip():
+            raise bad(" (expected key=value,key=value)")
+        try:
+            result[name.strip()] = yaml.safe_load(raw.strip()) if raw.strip() else ""
+        except yaml.YAMLError:
+            raise bad(f" (cannot read the value of {name.strip()!r})") from None
+    return result
+
+
+def _split_top_level(text):
+    """'a=1,b=[1,2]' -> ['a=1', 'b=[1,2]']: commas inside brackets do not split."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        if char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    return [p for p in parts if p.strip()]
+
+
+def _registered_models():
+    from models import list_models  # the registry is the one list of backbones
+    return list_models(include_benchmark=True)
+
+
+def _check_backbone(name, where):
+    valid = _registered_models()
     if name in valid:
         return
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.0)
@@ -404,7 +486,7 @@ class Config:
     """
 
     def __init__(self, values=None, config_path=None, explicit=()):
-        object.__setattr__(self, "_values", OrderedDict((k, SCHEMA[k].default) for k in SCHEMA))
+        object.__setattr__(self, "_values", _defaults())
         object.__setattr__(self, "_extra", {})
         object.__setattr__(self, "config_path", config_path)
         object.__setattr__(self, "explicit_keys", set(explicit))
@@ -503,9 +585,12 @@ def format_help():
         kind = key.kind if key.choices is None else "{" + "|".join(c for c in key.choices if c) + "}"
         lines.append(f"  --{key.name} ({kind}, default: {key.default!r})")
         lines.append(f"        {key.help}")
+    lines.append("")
+    lines.append("Backbones (models.list_models()): " + ", ".join(_registered_models()))
     if KEY_ALIASES:
-        lines.append("")
         lines.append("Old spellings accepted: " + ", ".join(f"{a} -> {k}" for a, k in KEY_ALIASES.items()))
+    for name, reason in IGNORED_KEYS.items():
+        lines.append(f"Accepted and ignored: {name} ({reason})")
     return "\n".join(lines)
 
 
@@ -578,24 +663,35 @@ def _finish(values, explicit, config_path):
     return Config(values, config_path, explicit)
 
 
+def _defaults():
+    return OrderedDict((k, copy.deepcopy(key.default)) for k, key in SCHEMA.items())
+
+
+def _apply(values, explicit, pairs, where):
+    """Set each (name, value) of ``pairs`` in ``values``; ignored old keys are dropped."""
+    for name, value in pairs:
+        if str(name).strip().replace("-", "_") in IGNORED_KEYS:
+            continue
+        canon = _canonical_name(name, where)
+        key = SCHEMA[canon]
+        if value is None and where == "on the command line":
+            if key.kind != "bool":
+                raise ConfigError(f"--{name} needs a value ({_TYPE_WORDS[key.kind]})")
+            value = True
+        values[canon] = _coerce(key, value, where)
+        explicit.add(canon)
+
+
 def make_config(overrides=None, config_path=None):
     """A validated Config from the schema defaults (or ``config_path``) plus a dict of ``overrides``.
 
     Meant for code and tests: ``make_config({"dataset_path": root, "train_image_size": 32})``.
     """
-    values = OrderedDict((k, key.default) for k, key in SCHEMA.items())
-    explicit = set()
+    values, explicit = _defaults(), set()
     if config_path:
-        path = _resolve_config_path(config_path)
-        for name, value in _read_yaml(path).items():
-            canon = _canonical_name(name, f"in {path}")
-            values[canon] = _coerce(SCHEMA[canon], value, f"in {path}")
-            explicit.add(canon)
-        config_path = path
-    for name, value in (overrides or {}).items():
-        canon = _canonical_name(name, "in overrides")
-        values[canon] = _coerce(SCHEMA[canon], value, "in overrides")
-        explicit.add(canon)
+        config_path = _resolve_config_path(config_path)
+        _apply(values, explicit, _read_yaml(config_path).items(), f"in {config_path}")
+    _apply(values, explicit, (overrides or {}).items(), "in overrides")
     return _finish(values, explicit, config_path)
 
 
@@ -612,19 +708,7 @@ def load_config(argv=None):
         print(format_help())
         raise SystemExit(0)
     path = _resolve_config_path(config_path or DEFAULT_CONFIG)
-    values = OrderedDict((k, key.default) for k, key in SCHEMA.items())
-    explicit = set()
-    for name, value in _read_yaml(path).items():
-        canon = _canonical_name(name, f"in {path}")
-        values[canon] = _coerce(SCHEMA[canon], value, f"in {path}")
-        explicit.add(canon)
-    for name, value in pairs:
-        canon = _canonical_name(name, "on the command line")
-        key = SCHEMA[canon]
-        if value is None:
-            if key.kind != "bool":
-                raise ConfigError(f"--{name} needs a value ({_TYPE_WORDS[key.kind]})")
-            value = True
-        values[canon] = _coerce(key, value, "on the command line")
-        explicit.add(canon)
+    values, explicit = _defaults(), set()
+    _apply(values, explicit, _read_yaml(path).items(), f"in {path}")
+    _apply(values, explicit, pairs, "on the command line")
     return _finish(values, explicit, path)

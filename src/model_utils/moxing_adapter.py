@@ -217,7 +217,8 @@ def run_job(job, argv=None, exit_codes=None):
     (inside ``moxing_wrapper`` when ``enable_modelarts``) and turn a user mistake into one ``ERROR:`` line.
 
     Returns the exit status: 0, 1 for a mistake, or ``exit_codes[type]`` for the exception types listed
-    there (e.g. ``{TrainingDiverged: 3}``). ``SOFT_DEBUG=1`` also prints the traceback.
+    there (e.g. ``{TrainingDiverged: 3}``); an exception with an ``exit_code`` attribute (an interrupted
+    run: 128 + the signal) gives that. ``SOFT_DEBUG=1`` also prints the traceback.
     """
     from .config import load_config
 
@@ -232,5 +233,7 @@ def run_job(job, argv=None, exit_codes=None):
         if os.environ.get("SOFT_DEBUG"):
             traceback.print_exc()
         print(f"ERROR: {err}", file=sys.stderr, flush=True)
+        if hasattr(err, "exit_code"):
+            return int(err.exit_code)
         return next((code for cls, code in exit_codes.items() if isinstance(err, cls)), 1)
     return 0

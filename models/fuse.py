@@ -1,0 +1,34 @@
+"""The one-time inference pass: ``fuse_for_inference(net)``.
+
+Training and plain evaluation run the model as written (its ``construct`` reads like the paper). For
+inference the pass rewrites a built, weight-loaded network once, in place: every cell that defines a
+``reparameterize()`` method (BatchNorm folded into the convolution next to it, an attention evaluated
+in a re-associated order, ...) replaces its own sub-cells and parameters by the faster equivalent. The
+outputs stay those of the unfused network (float32 rounding aside, <= 1e-6 relative; tested per
+family). The network is left in evaluation mode and can no longer be trained: this is what eval.py,
+infer.py, export.py and the benchmarks run, never train.py.
+
+    >>> net = create_model("SwiftFormer_XS", pretrained="swiftformer_xs.ckpt")
+    >>> fuse_for_inference(net)          # returns net
+"""
+__all__ = ["fuse_for_inference", "is_fused"]
+
+
+def fuse_for_inference(net):
+    """Apply every cell's ``reparameterize()`` once (children before their parents); returns ``net``."""
+    net.set_train(False)
+    if is_fused(net):
+        return net
+    cells = [cell for _, cell in net.cells_and_names()]  # parents before children
+    for cell in reversed(cells):
+        hook = getattr(cell, "reparameterize", None)
+        if callable(hook):
+            hook()
+    net.fused_for_inference = True
+    net.set_train(False)
+    return net
+
+
+def is_fused(net):
+    """Whether ``fuse_for_inference`` was applied to ``net``."""
+    return bool(getattr(net, "fused_for_inference", False))

@@ -1,0 +1,102 @@
+"""Build the optional CPU kernels: ``make kernels`` (or ``python models/kernels/build.py``).
+
+Compiles ``swiftformer_cpu.cc`` with the system C++ compiler (``$CXX``, else g++ / c++) into
+``models/kernels/build/swiftformer_cpu-<hash>.so``, where <hash> is taken from the source, so a stale
+library is never loaded. The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
+Without a compiler it says so and exits 0: the models then run on MindSpore's standard operators.
+
+This file imports nothing from the project (it runs before the requirements are installed).
+"""
+import argparse
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "swiftformer_cpu.cc")
+BUILD_DIR = os.path.join(HERE, "build")
+_BASE_FLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
+
+
+def library_path(source=SOURCE, build_dir=BUILD_DIR):
+    """Where the library built from ``source`` (as it is now) lives."""
+    with open(source, "rb") as fh:
+        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
+    return os.path.join(build_dir, f"swiftformer_cpu-{digest}.so")
+
+
+def _cpu_flags():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def flag_sets():
+    """Compiler flag sets to try, best first."""
+    cpu = _cpu_flags() if platform.machine() in ("x86_64", "AMD64") else set()
+    sets = [_BASE_FLAGS]
+    if {"avx2", "fma"} <= cpu:
+        sets.insert(0, _BASE_FLAGS + ["-mavx2", "-mfma"])
+        if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= cpu:
+            sets.insert(0, sets[0] + ["-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl",
+                                      "-mprefer-vector-width=512"])
+    return sets
+
+
+def find_compiler():
+    """The C++ compiler to use, or None."""
+    return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
+
+
+def build(force=False):
+    """Compile the library unless it is already built; returns its path. RuntimeError when it cannot."""
+    target = library_path()
+    if os.path.isfile(target) and not force:
+        return target
+    if platform.system() != "Linux":
+        raise RuntimeError("MindSpore aot Custom operators need Linux")
+    cxx = find_compiler()
+    if cxx is None:
+        raise RuntimeError("no C++ compiler found (set CXX or install g++)")
+    os.makedirs(BUILD_DIR, exist_ok=True)
+    errors = []
+    for flags in flag_sets():
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)
+        os.close(fd)
+        try:
+            proc = subprocess.run([cxx, *flags, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=600,
+                                  check=False)
+            if proc.returncode == 0:
+                os.replace(tmp, target)  # atomic: two builds at once both end with a whole file
+                return target
+            errors.append(f"{' '.join(flags[-2:])}: {proc.stderr.strip()[-400:]}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise RuntimeError(f"{cxx} failed: " + " | ".join(errors))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--force", action="store_true", help="rebuild even when the library exists")
+    args = parser.parse_args(argv)
+    try:
+        path = build(force=args.force)
+    except RuntimeError as err:
+        print(f"CPU kernels not built ({err}); the models will use MindSpore's standard operators.")
+        return 0
+    print(f"CPU kernels: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,18 @@
+"""Cells shared by the model families (as timm's and mindcv's ``layers`` packages).
+
+* ``DropPath``: stochastic depth per sample.
+* ``LayerNorm``: last-axis layer normalisation with a faster hand-written backward, float32 inside.
+* ``TanhGELU`` / ``ErfFreeGELU``: the tanh-approximate GELU written out, and exact GELU without an Erf
+  operator (for ONNX export).
+* ``Mlp``: Dense -> exact GELU -> Dense.
+* ``Attention``: multi-head softmax attention with separate q and kv projections.
+* ``HeadwiseConv``: per-head k x k convolution with a faster backward.
+"""
+from .activations import ErfFreeGELU, TanhGELU
+from .attention import Attention
+from .conv import HeadwiseConv
+from .drop import DropPath
+from .mlp import Mlp
+from .norm import LayerNorm
+
+__all__ = ["Attention", "DropPath", "ErfFreeGELU", "HeadwiseConv", "LayerNorm", "Mlp", "TanhGELU"]
