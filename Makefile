@@ -5,19 +5,26 @@ PYTHON ?= python3
 DIGITS_DIR ?= data/digits
 DEMO_OUT ?= output/demo
 
-.PHONY: install install-test test test-fast demo clean
+.PHONY: install install-test kernels test test-fast demo clean
 
-install:
+install: kernels
 	$(PYTHON) -m pip install -q -r requirements.txt
 
-install-test:
+install-test: kernels
 	$(PYTHON) -m pip install -q -r requirements-test.txt
 
+# the optional CPU kernels of the fused inference path (models/kernels/build/; without g++ it says so and goes on)
+kernels:
+	$(PYTHON) models/kernels/build.py
+
+# two test processes (pytest-xdist), each test file in one of them
+PYTEST_PAR ?= -n 2 --dist loadfile
+
 test: install-test
-	$(PYTHON) -m pytest -q tests
+	$(PYTHON) -m pytest -q $(PYTEST_PAR) tests
 
 test-fast: install-test
-	$(PYTHON) -m pytest -q -m "unit or parity" tests
+	$(PYTHON) -m pytest -q $(PYTEST_PAR) -m "unit or parity" tests
 
 demo: install
 	$(PYTHON) -m pip install -q scikit-learn

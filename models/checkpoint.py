@@ -103,7 +103,7 @@ def load_checkpoint_strict(net, weights, what="The checkpoint", backbone=None, m
     """
     import mindspore as ms
 
-    params = dict(net.parameters_and_names())
+    params = {p.name: p for p in net.get_parameters()}
     report = mismatch_report({k: _shape(p) for k, p in params.items()}, {k: _shape(v) for k, v in weights.items()})
     if report:
         if backbone and model_name and backbone != model_name:
@@ -118,13 +118,16 @@ def load_checkpoint_strict(net, weights, what="The checkpoint", backbone=None, m
     return net
 
 
-def load_weights(net, path, use_ema=False, model_name=None):
+def load_weights(net, path, use_ema=False, model_name=None, ignore=()):
     """Load the network weights of checkpoint ``path`` into ``net`` strictly; returns its metadata dict.
 
-    Training state is skipped; with ``use_ema`` and EMA copies in the file those are loaded instead.
+    Training state is skipped; with ``use_ema`` and EMA copies in the file those are loaded instead;
+    entries whose names start with one of ``ignore`` are dropped (e.g. a classifier's head).
     """
     contents = read_checkpoint(path)
     weights = contents.ema if use_ema and contents.ema else contents.weights
+    if ignore:
+        weights = {k: v for k, v in weights.items() if not k.startswith(tuple(ignore))}
     load_checkpoint_strict(net, weights, what=f"The checkpoint {path}", backbone=contents.meta.get("backbone"),
                            model_name=model_name)
     return contents.meta

@@ -53,23 +53,36 @@ def model_family(name):
     return sys.modules[_FAMILY_MODULE[name]]
 
 
-def create_model(name, num_classes=1000, pretrained=None, **overrides):
+def create_model(name, num_classes=1000, pretrained=None, features_only=False, out_indices=(0, 1, 2, 3),
+                 **overrides):
     """Build a registered model.
 
     Args:
         name: a name from ``list_models()``.
-        num_classes: size of the classification head.
+        num_classes: size of the classification head (0: no head, the model returns its pooled feature).
         pretrained: optional path of a MindSpore ``.ckpt`` to load; every parameter must fit.
+        features_only: return a ``models.features.FeatureNet`` giving the stage maps ``out_indices``
+            ([B, C_i, H/4/2^i, W/4/2^i]) instead of logits; a classification checkpoint loads into it with
+            its head dropped.
+        out_indices: the stages (0-3) a feature extractor returns.
         **overrides: constructor arguments that replace the variant's defaults
             (e.g. ``drop_path_rate=0.1``, ``depths=(1, 3, 20, 4)``).
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones).
+        ValueError: unknown name (the message lists the valid ones), bad ``out_indices``.
         CheckpointMismatchError: ``pretrained`` does not fit the model.
     """
+    from .checkpoint import load_weights
+
     _check_name(name)
-    net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
+    if not features_only:
+        net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
+        if pretrained:
+            load_weights(net, pretrained, model_name=name)
+        return net
+    from .features import HEAD_PREFIXES, FeatureNet
+
+    net = FeatureNet(_ENTRYPOINTS[name](num_classes=0, **overrides), out_indices)
     if pretrained:
-        from .checkpoint import load_weights
-        load_weights(net, pretrained, model_name=name)
+        load_weights(net, pretrained, model_name=name, ignore=HEAD_PREFIXES)
     return net

@@ -76,8 +76,12 @@ def _layer_scale(ch, value):
 
 
 def l2_normalize(x, axis):
-    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize)."""
-    return x / ops.maximum(ops.sqrt((x * x).sum(axis=axis, keepdims=True)), _L2_EPS)
+    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize).
+
+    Written as x / sqrt(max(|x|², 1e-24)): the same values, and a zero vector gets a zero gradient
+    (the gradient of sqrt at 0 would make it NaN).
+    """
+    return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), _L2_EPS * _L2_EPS))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -466,7 +470,7 @@ class BiasActivation(nn.Cell):
 
     def __init__(self, bias, activation, cpu=None):
         super().__init__()
-        self.bias = _const(bias)
+        self.bias = _const(np.reshape(bias, (-1, 1, 1)))  # [C, 1, 1]: a lone BiasAdd exports to ONNX wrongly
         self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate=False)
         self.use_cpu_kernels = cpu is not None
         if self.use_cpu_kernels:
@@ -475,7 +479,7 @@ class BiasActivation(nn.Cell):
     def construct(self, x):
         if self.use_cpu_kernels and x.dtype == ms.float32:
             return self.kernel(x, self.bias)
-        return self.act(ops.bias_add(x, self.bias))
+        return self.act(x + self.bias)
 
 
 class LayerScaleResidual(nn.Cell):
@@ -484,7 +488,7 @@ class LayerScaleResidual(nn.Cell):
     def __init__(self, scale, bias, cpu=None):
         super().__init__()
         self.scale = _const(scale)
-        self.bias = _const(bias)
+        self.bias = _const(np.reshape(bias, (-1, 1, 1)))
         self.use_cpu_kernels = cpu is not None
         if self.use_cpu_kernels:
             self.kernel = cpu.scale_residual
@@ -492,7 +496,7 @@ class LayerScaleResidual(nn.Cell):
     def construct(self, x, z):
         if self.use_cpu_kernels and x.dtype == ms.float32:
             return self.kernel(x, z, self.scale, self.bias)
-        return x + self.scale * ops.bias_add(z, self.bias)
+        return x + self.scale * (z + self.bias)
 
 
 class PoolThenAffine(nn.Cell):
@@ -551,9 +555,9 @@ class AdditiveAttentionInference(nn.Cell):
         w_g = _np(attn.w_g)[:, 0] * attn.scale_factor
         self.dim = dim
         self.key_query_weight = _const(np.concatenate([w_k, w_q]).reshape(2 * dim, dim, 1, 1))
-        self.key_query_bias = _const(np.concatenate([b_k, b_q]))
+        self.key_query_bias = _const(np.concatenate([b_k, b_q]).reshape(-1, 1, 1))
         self.query_row = _const((w_g @ w_q).reshape(1, dim, 1, 1))
-        self.query_row_bias = _const([w_g @ b_q])
+        self.query_row_bias = _const(np.reshape(w_g @ b_q, (1, 1, 1)))
         self.global_query_weight = _const(w_g)
         self.output_weight = _const(np.concatenate([w_f @ w_p, w_f], axis=1))  # [C, 2C]
         self.bias = w_f @ b_p + b_f  # float64 [C], for the caller's residual
@@ -572,11 +576,11 @@ class AdditiveAttentionInference(nn.Cell):
         kq = ops.conv2d(x, self.key_query_weight)
         if self.use_cpu_kernels and x.dtype == ms.float32:
             return self.key_query_norm(kq.reshape(b, 2 * c, n), self.key_query_bias, self.global_query_weight)
-        kq = ops.bias_add(kq, self.key_query_bias)
+        kq = kq + self.key_query_bias
         squares = ops.conv2d(kq * kq, self.pair_sum).reshape(b, 2, 1, n)
         inv_norm = ops.div(1.0, ops.maximum(ops.sqrt(squares), _L2_EPS))  # ops.div: not an ONNX Reciprocal
         kq = (kq.reshape(b, 2, c, n) * inv_norm).reshape(b, 2 * c, n)
-        a = ops.bias_add(ops.conv2d(x, self.query_row), self.query_row_bias)
+        a = ops.conv2d(x, self.query_row) + self.query_row_bias
         return kq, a.reshape(b, 1, n) * inv_norm[:, 1].reshape(b, 1, n)
 
     def construct(self, x):

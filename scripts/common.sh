@@ -17,8 +17,6 @@ CALLER_DIR="$(pwd)"
 PYTHON="${PYTHON:-python3}"     # the interpreter that runs train.py / eval.py / export.py
 HELPER_PYTHON="${HELPER_PYTHON:-python3}"  # small helpers of these scripts (rank table parsing)
 MSRUN="${MSRUN:-msrun}"
-# oneDNN's AVX-512 convolution path falls back to a very slow reference kernel on some CPUs
-export ONEDNN_MAX_CPU_ISA="${ONEDNN_MAX_CPU_ISA:-AVX2}"
 
 # usage_exit USAGE [MESSAGE]: print the message (if any) and the usage line to stderr, exit 1.
 usage_exit() {
@@ -62,6 +60,13 @@ require_file() {
 require_positive_int() {
     if ! [[ "${3:-}" =~ ^[1-9][0-9]*$ ]]; then
         usage_exit "$1" "$2 must be a positive integer, got '${3:-}'"
+    fi
+}
+
+# require_non_negative_int USAGE WHAT VALUE
+require_non_negative_int() {
+    if ! [[ "${3:-}" =~ ^(0|[1-9][0-9]*)$ ]]; then
+        usage_exit "$1" "$2 must be a non-negative integer, got '${3:-}'"
     fi
 }
 
@@ -190,21 +195,73 @@ eval_main() {
     finish $? "Evaluation"
 }
 
-# msrun_train_main TARGET SCRIPT DEFAULT_WORKERS ARGS...   (CONFIG [N] [--key value ...], through msrun)
+# eval_onnx_main TARGET SCRIPT ARGS...   (run_eval_onnx_{cpu,gpu}.sh CONFIG ONNX_FILE [--key value ...])
+eval_onnx_main() {
+    local target="$1" script="$2"
+    shift 2
+    local usage="bash ${script} CONFIG ONNX_FILE [--key value ...]"
+    [ $# -ge 2 ] || usage_exit "$usage" "missing CONFIG and/or ONNX_FILE"
+    local config onnx
+    config="$(require_file "$usage" "config file" "$1")" || exit 1
+    onnx="$(require_file "$usage" "ONNX file" "$2")" || exit 1
+    shift 2
+    check_extra_args "$usage" "$@"
+    resolve_extra_args "$@"
+    single_device_env "$target"
+    init_log_dir "eval_onnx_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
+    run_logged "$LOG_FILE" "$PYTHON" eval_onnx.py --config_path "$config" --onnx_path "$onnx" \
+        --device_target "$target" "${DEVICE_ARGS[@]}" "${EXTRA_ARGS[@]}"
+    finish $? "ONNX evaluation"
+}
+
+# msrun_train_main TARGET SCRIPT DEFAULT_WORKERS ARGS...
+#   CONFIG [N [LOCAL_N NODE_RANK MASTER_ADDR [MASTER_PORT]]] [--key value ...], through msrun.
+# Each positional value may come from the environment instead: WORKER_NUM (N, all workers of the job),
+# LOCAL_WORKER_NUM (LOCAL_N, the workers on this node; default N: one node), NODE_RANK (default 0; this
+# node's workers get ranks NODE_RANK * LOCAL_N ... + LOCAL_N - 1), MASTER_ADDR (the address of node 0,
+# where msrun runs the scheduler; needed with several nodes, default 127.0.0.1 on one), MASTER_PORT
+# (default 8118). CLUSTER_TIME_OUT (seconds msrun waits for the other nodes) is passed on when set.
+# Run the same command on every node with its own NODE_RANK; logs go to LOG_DIR (one node) or
+# LOG_DIR_node<NODE_RANK> (several), per-worker logs inside.
 msrun_train_main() {
     local target="$1" script="$2" default_n="$3"
     shift 3
     local what="DEVICE_NUM"
     [ "$target" = "CPU" ] && what="WORKERS"
-    local usage="bash ${script} CONFIG [${what}] [--key value ...]"
+    local usage="bash ${script} CONFIG [${what} [LOCAL_${what} NODE_RANK MASTER_ADDR [MASTER_PORT]]] [--key value ...]
+       (or set WORKER_NUM LOCAL_WORKER_NUM NODE_RANK MASTER_ADDR MASTER_PORT; one node by default)"
     [ $# -ge 1 ] || usage_exit "$usage" "missing CONFIG"
-    local config n="$default_n"
+    local config
     config="$(require_file "$usage" "config file" "$1")" || exit 1
     shift
-    if [ $# -ge 1 ] && [[ "$1" != --* ]]; then
-        require_positive_int "$usage" "$what" "$1"
-        n="$1"
+    local positional=()
+    while [ $# -ge 1 ] && [[ "$1" != --* ]] && [ ${#positional[@]} -lt 5 ]; do
+        positional+=("$1")
         shift
+    done
+    local n="${positional[0]:-${WORKER_NUM:-$default_n}}"
+    require_positive_int "$usage" "$what" "$n"
+    local local_n="${positional[1]:-${LOCAL_WORKER_NUM:-$n}}"
+    require_positive_int "$usage" "LOCAL_${what}" "$local_n"
+    local node_rank="${positional[2]:-${NODE_RANK:-0}}"
+    require_non_negative_int "$usage" "NODE_RANK" "$node_rank"
+    local master_addr="${positional[3]:-${MASTER_ADDR:-}}"
+    local master_port="${positional[4]:-${MASTER_PORT:-8118}}"
+    if ! [[ "$master_port" =~ ^[0-9]+$ ]] || [ "$master_port" -lt 1024 ] || [ "$master_port" -gt 65535 ]; then
+        usage_exit "$usage" "MASTER_PORT must be a port number from 1024 to 65535, got '${master_port}'"
+    fi
+    if [ "$local_n" -gt "$n" ]; then
+        usage_exit "$usage" "LOCAL_${what} (${local_n}) cannot exceed ${what} (${n})"
+    fi
+    local nodes=$(( (n + local_n - 1) / local_n ))
+    if [ "$nodes" -eq 1 ]; then
+        [ "$node_rank" -eq 0 ] || usage_exit "$usage" "NODE_RANK must be 0 when all ${n} workers run on this node"
+        master_addr="${master_addr:-127.0.0.1}"
+    else
+        [ -n "$master_addr" ] || usage_exit "$usage" "MASTER_ADDR (the address of node 0) is needed with several nodes"
+        if [ $(( (node_rank + 1) * local_n )) -gt "$n" ]; then
+            usage_exit "$usage" "NODE_RANK ${node_rank} is out of range: ${n} workers, ${local_n} per node make nodes 0 to $(( n / local_n - 1 ))"
+        fi
     fi
     check_extra_args "$usage" "$@"
     resolve_extra_args "$@"
@@ -212,46 +269,129 @@ msrun_train_main() {
         echo "ERROR: '$MSRUN' not found: msrun comes with MindSpore >= 2.3 (pip install mindspore)" >&2
         exit 1
     fi
-    init_log_dir "train_parallel_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
-    echo "Workers: ${n}; per-worker logs: ${LOG_DIR}/worker_<rank>.log"
-    run_logged "$LOG_FILE" "$MSRUN" --worker_num="$n" --local_worker_num="$n" \
-        --master_port="${MASTER_PORT:-8118}" --log_dir="$LOG_DIR" --join=True \
+    local job="train_parallel_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
+    local timeout_args=()
+    [ -n "${CLUSTER_TIME_OUT:-}" ] && timeout_args=(--cluster_time_out="$CLUSTER_TIME_OUT")
+    if [ "$nodes" -gt 1 ]; then
+        init_log_dir "${job}_node${node_rank}"
+        echo "Node ${node_rank} of ${nodes}: workers $(( node_rank * local_n )) to $(( node_rank * local_n + local_n - 1 )) of ${n}; master ${master_addr}:${master_port}"
+    else
+        init_log_dir "$job"
+        echo "Workers: ${n}"
+    fi
+    echo "Per-worker logs: ${LOG_DIR}/worker_<rank>.log"
+    run_logged "$LOG_FILE" "$MSRUN" --worker_num="$n" --local_worker_num="$local_n" --node_rank="$node_rank" \
+        --master_addr="$master_addr" --master_port="$master_port" --log_dir="$LOG_DIR" --join=True "${timeout_args[@]}" \
         train.py --config_path "$config" --device_target "$target" --run_distribute True "${EXTRA_ARGS[@]}"
     finish $? "Distributed training"
 }
 
-# rank_table_devices FILE SERVER_INDEX: prints "RANK_SIZE" then one "DEVICE_ID RANK_ID" line per device of
-# server SERVER_INDEX of a rank table (version 1.0 layout: server_list[].device[].{device_id,rank_id}).
+# slurm_train_main SCRIPT ARGS...   (slurm_train.sh CONFIG [--key value ...], inside a Slurm allocation)
+# One msrun per node through srun: WORKER_NUM = nodes x LOCAL_WORKER_NUM (default: SLURM_GPUS_ON_NODE,
+# else 8), NODE_RANK = SLURM_NODEID, MASTER_ADDR = the first host of SLURM_JOB_NODELIST, MASTER_PORT =
+# 10000 + SLURM_JOB_ID mod 20000 (one port per job). DEVICE_TARGET (GPU, or CPU) picks the launcher.
+slurm_train_main() {
+    local script="$1"
+    shift
+    local usage="bash ${script} CONFIG [--key value ...]   (sbatch --nodes=N --gpus-per-node=G ${script} CONFIG ...)"
+    [ $# -ge 1 ] || usage_exit "$usage" "missing CONFIG"
+    local config
+    config="$(require_file "$usage" "config file" "$1")" || exit 1
+    shift
+    check_extra_args "$usage" "$@"
+    resolve_extra_args "$@"
+    [ -n "${SLURM_JOB_NODELIST:-}" ] || usage_exit "$usage" "not inside a Slurm allocation (SLURM_JOB_NODELIST is not set): submit with sbatch"
+    local target="${DEVICE_TARGET:-GPU}" launcher
+    case "$target" in
+        GPU) launcher="${SCRIPTS_DIR}/run_distribute_train_gpu.sh" ;;
+        CPU) launcher="${SCRIPTS_DIR}/run_distribute_train_cpu.sh" ;;
+        *) usage_exit "$usage" "DEVICE_TARGET must be GPU or CPU, got '${target}'" ;;
+    esac
+    local nodes="${SLURM_JOB_NUM_NODES:-${SLURM_NNODES:-1}}"
+    local first_host
+    first_host="$("${SCONTROL:-scontrol}" show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
+    [ -n "$first_host" ] || { echo "ERROR: cannot expand SLURM_JOB_NODELIST '${SLURM_JOB_NODELIST}' with scontrol" >&2; exit 1; }
+    export LOCAL_WORKER_NUM="${LOCAL_WORKER_NUM:-${SLURM_GPUS_ON_NODE:-8}}"
+    require_positive_int "$usage" "LOCAL_WORKER_NUM" "$LOCAL_WORKER_NUM"
+    export WORKER_NUM=$(( nodes * LOCAL_WORKER_NUM ))
+    export MASTER_ADDR="${MASTER_ADDR:-$first_host}"
+    export MASTER_PORT="${MASTER_PORT:-$(( 10000 + ${SLURM_JOB_ID:-0} % 20000 ))}"
+    export LOG_ROOT="${LOG_ROOT:-${CALLER_DIR}/logs}"
+    echo "Slurm job ${SLURM_JOB_ID:-?}: ${nodes} node(s) x ${LOCAL_WORKER_NUM} ${target} workers; master ${MASTER_ADDR}:${MASTER_PORT}"
+    # NODE_RANK is each task's own SLURM_NODEID, so it is read inside the task
+    "${SRUN:-srun}" --nodes="$nodes" --ntasks="$nodes" --ntasks-per-node=1 --kill-on-bad-exit=1 \
+        bash -c 'NODE_RANK="$SLURM_NODEID" exec bash "$@"' slurm_task "$launcher" "$config" "${EXTRA_ARGS[@]}"
+    local status=$?
+    if [ "$status" -eq 0 ]; then
+        echo "Slurm training finished; logs: ${LOG_ROOT}/$(basename "$launcher" .sh | sed 's/^run_distribute_train/train_parallel/')_node<R>/"
+    else
+        echo "Slurm training failed (exit status ${status})" >&2
+    fi
+    exit "$status"
+}
+
+# rank_table_devices FILE: prints "RANK_SIZE SERVER_ID" then one "DEVICE_ID RANK_ID" line per device of this
+# server in a rank table (version 1.0 layout: server_list[].server_id, server_list[].device[].{device_id,rank_id}).
+# This server: SERVER_ID (a server_id of the table), else SERVER_INDEX (its position), else the only server,
+# else the server whose server_id is an IP address of this machine (LOCAL_IPS, default `hostname -I`).
 rank_table_devices() {
-    "$HELPER_PYTHON" - "$1" "$2" <<'PY'
-import json, sys
-path, index = sys.argv[1], int(sys.argv[2])
+    local local_ips="${LOCAL_IPS:-$(hostname -I 2>/dev/null || true)}"
+    SERVER_ID="${SERVER_ID:-}" SERVER_INDEX="${SERVER_INDEX:-}" LOCAL_IPS="$local_ips" "$HELPER_PYTHON" - "$1" <<'PY'
+import json, os, socket, sys
+path = sys.argv[1]
 try:
     with open(path, encoding="utf-8") as fh:
         table = json.load(fh)
     servers = table["server_list"]
+    ids = [str(s["server_id"]) for s in servers]
     total = sum(len(s["device"]) for s in servers)
-    devices = servers[index]["device"]
-    rows = [(int(d["device_id"]), int(d["rank_id"])) for d in devices]
-except (OSError, ValueError, KeyError, IndexError, TypeError) as err:
+except (OSError, ValueError, KeyError, TypeError) as err:
+    sys.exit(f"ERROR: {path} is not a usable rank table (server_list[].server_id, server_list[].device[]): "
+             f"{type(err).__name__}: {err}")
+wanted_id, wanted_index = os.environ["SERVER_ID"], os.environ["SERVER_INDEX"]
+if wanted_id:
+    if wanted_id not in ids:
+        sys.exit(f"ERROR: SERVER_ID {wanted_id} is not in {path} (servers: {', '.join(ids)})")
+    index = ids.index(wanted_id)
+elif wanted_index:
+    if not wanted_index.isdigit() or int(wanted_index) >= len(servers):
+        sys.exit(f"ERROR: SERVER_INDEX {wanted_index} is not a server of {path} (0 to {len(servers) - 1})")
+    index = int(wanted_index)
+elif len(servers) == 1:
+    index = 0
+else:
+    local = set(os.environ["LOCAL_IPS"].split())
+    try:
+        local.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    matches = [i for i, server_id in enumerate(ids) if server_id in local]
+    if len(matches) != 1:
+        found = "none" if not matches else ", ".join(ids[i] for i in matches)
+        sys.exit(f"ERROR: cannot tell which server of {path} this is (servers: {', '.join(ids)}; matching an "
+                 f"address of this machine: {found}); set SERVER_ID to this server's server_id")
+    index = matches[0]
+try:
+    rows = [(int(d["device_id"]), int(d["rank_id"])) for d in servers[index]["device"]]
+except (KeyError, TypeError, ValueError) as err:
     sys.exit(f"ERROR: {path} is not a usable rank table (server_list[{index}].device[].device_id/rank_id): "
              f"{type(err).__name__}: {err}")
 if not rows:
-    sys.exit(f"ERROR: server {index} of {path} has no devices")
-print(total)
+    sys.exit(f"ERROR: server {ids[index]} of {path} has no devices")
+print(total, ids[index])
 for device_id, rank_id in rows:
     print(device_id, rank_id)
 PY
 }
 
 # rank_table_train_main SCRIPT ARGS...   (run_distribute_train_ascend.sh RANK_TABLE CONFIG [--key value ...])
-# One process per device of this server (SERVER_INDEX, default 0, picks the server of a multi-server
-# table), each with DEVICE_ID / RANK_ID / RANK_SIZE / RANK_TABLE_FILE exported, bound to its share of
-# the CPU cores with taskset when available, logging to LOG_DIR/rank_<RANK_ID>/log.txt.
+# One process per device of this server (see rank_table_devices; run the same command on every server of a
+# multi-server table), each with DEVICE_ID / RANK_ID / RANK_SIZE / RANK_TABLE_FILE exported, bound to its
+# share of the CPU cores with taskset when available, logging to LOG_DIR/rank_<RANK_ID>/log.txt.
 rank_table_train_main() {
     local script="$1"
     shift
-    local usage="bash ${script} RANK_TABLE CONFIG [--key value ...]"
+    local usage="bash ${script} RANK_TABLE CONFIG [--key value ...]   (SERVER_ID picks this server of a multi-server table)"
     [ $# -ge 2 ] || usage_exit "$usage" "missing RANK_TABLE and/or CONFIG"
     local table config
     table="$(require_file "$usage" "rank table" "$1")" || exit 1
@@ -260,9 +400,9 @@ rank_table_train_main() {
     check_extra_args "$usage" "$@"
     resolve_extra_args "$@"
     local rows
-    rows="$(rank_table_devices "$table" "${SERVER_INDEX:-0}")" || usage_exit "$usage" "cannot read the rank table $table"
-    local rank_size local_n
-    rank_size="$(echo "$rows" | head -n 1)"
+    rows="$(rank_table_devices "$table")" || usage_exit "$usage" "cannot read the rank table $table"
+    local rank_size server_id local_n
+    read -r rank_size server_id <<< "$(echo "$rows" | head -n 1)"
     local_n=$(( $(echo "$rows" | wc -l) - 1 ))
     init_log_dir "train_parallel_ascend"
     local cores per bind_ok=0
@@ -271,7 +411,7 @@ rank_table_train_main() {
     if command -v taskset >/dev/null 2>&1 && [ "$per" -ge 1 ]; then
         bind_ok=1
     fi
-    echo "Rank table: ${table}; RANK_SIZE=${rank_size}; ${local_n} process(es) on this server"
+    echo "Rank table: ${table}; RANK_SIZE=${rank_size}; server ${server_id}: ${local_n} process(es)"
     local pids=() ranks=() i=0 device_id rank_id
     while read -r device_id rank_id; do
         local work="${LOG_DIR}/rank_${rank_id}"

@@ -7,15 +7,16 @@
 Layout: ``<dataset_path>/train/<class>/<image>`` for training, ``eval_path/<class>/<image>`` for
 evaluation (``eval_path`` defaults to ``<dataset_path>/val``). Class names are the sorted folder
 names; label ``i`` is ``class_names[i]``. Images may be JPEG (RGB, grayscale or CMYK), PNG (any
-mode), BMP, TIFF, WebP, PPM/PGM; extensions are matched case-insensitively; every image is
-decoded to 3-channel RGB.
+mode, 16-bit too), BMP, TIFF, WebP, PPM/PGM; extensions are matched case-insensitively; every image
+is decoded to 3-channel RGB. Hidden files and folders are ignored.
 
 Output columns (both pipelines, batched):
 
 * ``image``: float32 [B, 3, H, W], normalised with the ImageNet mean/std.
 * ``label``, training: float32 [B, class_num] soft targets; every row sums to 1 (one-hot,
   label-smoothed when ``use_label_smooth``, mixed by MixUp/CutMix when ``mixup``/``cutmix`` > 0).
-  Training batches are full (``drop_remainder``).
+  Training batches are full (``drop_remainder``); ``get_dataset_size()`` is the planned number of steps
+  of every epoch, and the dataset can be iterated for any number of epochs.
 * ``label``, evaluation: int32 [B]. Nothing is dropped: the last batch may be smaller.
 
 Padding convention (evaluation on several ranks): when the number of evaluation images does not
@@ -30,157 +31,97 @@ when the count does not divide by ``rank_size`` a few images repeat so all shard
 ``create_dataset`` calls ``mindspore.dataset.config.set_seed(config.seed)``, which also seeds the
 random augmentations.
 
-Corrupt files: with ``verify_images`` (default) every file is checked with PIL before the pipeline
-is built and unreadable ones are left out with a warning ``skipping corrupt image: PATH (reason)``
-on the ``src.dataset`` logger; the scan also routes files MindSpore's decoder gets wrong (16-bit PNG,
-WebP, ...) through PIL, which ``verify_images: false`` decides from the extension alone. Errors that only show up when decoding are skipped by MindSpore
-(``ErrorSamplesMode.SKIP``); on several ranks that would make shard lengths differ, so the pre-scan
-is what keeps distributed runs safe.
+Reading (``verify_images``, default on): the folder's manifest (``src/image_manifest.py``) is built once,
+cached, and reused by later runs and the other ranks; unreadable files are left out with a warning
+``skipping corrupt image: PATH (reason)`` (broken or looping symbolic links: ``skipping unreadable
+image: ...``) on the ``src.dataset`` logger, which the trainer's log file receives, from rank 0 only.
+The pipeline then reads the manifest's view with MindSpore's native ``ImageFolderDataset`` and decodes with
+``RandomCropDecodeResize`` (only the crop's part of a JPEG is decoded); files MindSpore cannot decode
+(WebP, 16-bit PNG, ...) are read from PNG copies made once in the cache folder.
+
+With ``verify_images: false`` nothing is checked ahead: a Python reader checks the structure of every
+file as it reads it (a truncated JPEG header can kill MindSpore's native decoder with SIGFPE), routes
+what MindSpore cannot decode through PIL, and replaces a file nobody can decode with the next image of
+the list, naming it once (``skipping corrupt image: ...``). Either way no sample is dropped: the epoch
+length, and so the learning-rate schedule, stays as planned.
 
 Mistakes in the data raise one ``ValueError`` naming the folder: a missing folder, a folder
 without class sub-folders, an empty class folder, a class count different from ``class_num``,
 too few training images for one batch.
 """
+import functools
 import io
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
+
+from src.image_manifest import IMG_EXTENSIONS, check_image, class_folders, load_manifest, pil_to_rgb
+from src.model_utils.device_adapter import get_local_rank_size
 
 __all__ = ["create_dataset", "scan_image_folder", "resolve_train_folder", "resolve_eval_folder",
-           "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
+           "decode_for_eval", "check_image", "eval_resize_size", "IMG_EXTENSIONS", "IMAGENET_MEAN",
+           "IMAGENET_STD"]
 
 _LOG = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-
-# Formats and modes that MindSpore's C++ Decode turns into correct 3-channel RGB. Anything else is
-# decoded by PIL in the reader and handed on as PNG bytes.
-_NATIVE = {"JPEG": {"L", "RGB", "CMYK", "YCbCr"}, "PNG": {"1", "L", "LA", "P", "PA", "RGB", "RGBA"}}
-_BAD_BYTES = np.frombuffer(b"corrupt image", dtype=np.uint8)  # makes Decode fail -> sample skipped
 
 
 # ---------------------------------------------------------------------------------------------
 # Folder scanning
 # ---------------------------------------------------------------------------------------------
-def _list_images(class_dir):
-    names = []
-    with os.scandir(class_dir) as entries:
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if os.path.splitext(entry.name)[1].lower() in IMG_EXTENSIONS and entry.is_file():
-                names.append(entry.name)
-    return [os.path.join(class_dir, n) for n in sorted(names)]
-
-
-def _jpeg_has_end_marker(path):
-    """True when the file ends with the JPEG EOI marker (trailing zero padding allowed)."""
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        size = fh.tell()
-        fh.seek(max(0, size - 64))
-        tail = fh.read().rstrip(b"\x00\r\n ")
-    return tail.endswith(b"\xff\xd9")
-
-
-def _full_load(path):
-    with Image.open(path) as img:
-        img.load()
-
-
-def check_image(path):
-    """Check one file cheaply. Returns (ok, needs_pil, reason).
-
-    ``needs_pil``: the file decodes with PIL but not (reliably) with MindSpore's Decode, e.g. 16-bit
-    PNG or WebP; the reader converts it. A JPEG without an end marker is fully decoded here
-    (truncated JPEGs can crash the native decoder).
-    """
-    try:
-        with Image.open(path) as img:
-            fmt, mode = img.format, img.mode
-            img.verify()
-        needs_pil = fmt not in _NATIVE or mode not in _NATIVE[fmt]
-        if fmt == "JPEG" and not _jpeg_has_end_marker(path):
-            _full_load(path)
-            needs_pil = True
-        elif needs_pil:
-            _full_load(path)
-        return True, needs_pil, ""
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        return False, False, f"{type(err).__name__}: {err}"
-    except Exception as err:  # pylint: disable=broad-except  # any decoder failure means unusable
-        return False, False, f"{type(err).__name__}: {err}"
-
-
-def _class_dirs(folder):
-    if not os.path.isdir(folder):
-        raise ValueError(f"dataset folder not found: {folder} "
-                         f"(expected an ImageFolder: {os.path.join(folder, '<class>', '<image>')})")
-    names = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
-    if not names:
-        raise ValueError(f"dataset folder {folder} has no class folders "
-                         f"(expected {os.path.join(folder, '<class>', '<image>')})")
-    return names
-
-
-def _subset(paths, fraction):
+def _subset(indices, fraction):
     """A fixed per-class subset: the same files for the same fraction, whatever the seed."""
-    if fraction >= 1.0 or not paths:
-        return paths
-    keep = max(1, int(round(len(paths) * fraction)))
-    order = np.random.default_rng(0).permutation(len(paths))[:keep]
-    return [paths[i] for i in sorted(order)]
+    if fraction >= 1.0 or not indices:
+        return indices
+    keep = max(1, int(round(len(indices) * fraction)))
+    order = np.random.default_rng(0).permutation(len(indices))[:keep]
+    return [indices[i] for i in sorted(order)]
 
 
-def scan_image_folder(folder, verify=True, fraction=1.0, workers=None):
+def _select(manifest, fraction):
+    """Indices into ``manifest.paths`` of the images used (a fixed per-class subset for fraction < 1)."""
+    if fraction >= 1.0:
+        return list(range(len(manifest.paths)))
+    per_class = [[] for _ in manifest.class_names]
+    for index, label in enumerate(manifest.labels):
+        per_class[label].append(index)
+    return [i for indices in per_class for i in _subset(indices, fraction)]
+
+
+def _report(manifest):
+    for path, reason in manifest.problems:
+        kind = "corrupt" if os.path.lexists(path) and os.path.exists(path) else "unreadable"
+        _LOG.warning("skipping %s image: %s (%s)", kind, path, reason)
+    if manifest.problems:
+        _LOG.warning("%d image(s) skipped in %s", len(manifest.problems), manifest.folder)
+
+
+def _load(folder, verify, config=None, report=True, workers=None):
+    cache_dir = str(getattr(config, "data_cache_path", "") or "") if config is not None else ""
+    output = str(getattr(config, "output_path", "") or "") if config is not None else ""
+    manifest = load_manifest(folder, verify=verify, cache_dir=cache_dir,
+                             fallback_dir=os.path.join(output or os.getcwd(), "data_cache"), workers=workers)
+    if report:
+        _report(manifest)
+    return manifest
+
+
+def scan_image_folder(folder, verify=True, fraction=1.0, workers=None, report=True):
     """List an ImageFolder. Returns (class_names, paths, labels, needs_pil).
 
-    Raises ValueError for a missing folder, no class folders or an empty class folder; corrupt files
-    (when ``verify``) are left out with a warning naming each one.
+    ``verify``: check every file once, with the result cached (``src.image_manifest``); unreadable files
+    are left out with a warning naming each one (when ``report``). Raises ValueError for a missing
+    folder, no class folders or an empty class folder.
     """
-    class_names = _class_dirs(folder)
-    per_class = []
-    empty = []
-    for name in class_names:
-        files = _list_images(os.path.join(folder, name))
-        if not files:
-            empty.append(os.path.join(folder, name))
-        per_class.append(_subset(files, fraction))
-    if empty:
-        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
-        raise ValueError(f"empty class folder: {shown} (no {'/'.join(IMG_EXTENSIONS)} images); "
-                         "remove it or add images")
-    paths = [p for files in per_class for p in files]
-    labels = [i for i, files in enumerate(per_class) for _ in files]
-    if verify:
-        workers = workers or min(16, 4 * (os.cpu_count() or 1))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(check_image, paths, chunksize=64))
-        keep_paths, keep_labels, needs_pil, bad = [], [], [], 0
-        for path, label, (ok, pil, reason) in zip(paths, labels, results):
-            if ok:
-                keep_paths.append(path)
-                keep_labels.append(label)
-                needs_pil.append(pil)
-            else:
-                bad += 1
-                _LOG.warning("skipping corrupt image: %s (%s)", path, reason)
-        if bad:
-            _LOG.warning("%d corrupt image(s) skipped in %s", bad, folder)
-        left = set(keep_labels)
-        unreadable = [os.path.join(folder, n) for i, n in enumerate(class_names) if i not in left]
-        if unreadable:
-            raise ValueError(f"class folder without a readable image: {', '.join(unreadable[:5])}")
-        paths, labels = keep_paths, keep_labels
-    else:
-        needs_pil = [os.path.splitext(p)[1].lower() not in (".jpg", ".jpeg", ".png") for p in paths]
-    return class_names, paths, labels, needs_pil
+    manifest = _load(folder, verify, report=report, workers=workers)
+    chosen = _select(manifest, fraction)
+    return (manifest.class_names, [manifest.paths[i] for i in chosen], [manifest.labels[i] for i in chosen],
+            [manifest.needs_pil[i] for i in chosen])
 
 
 def resolve_train_folder(config):
@@ -196,7 +137,7 @@ def resolve_train_folder(config):
     if os.path.isdir(root) and not os.path.isdir(os.path.join(root, "val")):
         # original port: dataset_path points directly at an ImageFolder of classes
         try:
-            if _class_dirs(root):
+            if class_folders(root):
                 return root
         except ValueError:
             pass
@@ -211,23 +152,89 @@ def resolve_eval_folder(config):
 
 
 # ---------------------------------------------------------------------------------------------
-# Reader
+# The reader of unverified folders
 # ---------------------------------------------------------------------------------------------
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_structure_ok(data):
+    """True when the JPEG's header segments are complete up to the first scan and it ends with EOI.
+
+    These are the files MindSpore's native decoder reads safely: it dies (SIGFPE) on a file cut inside
+    its header and raises on one cut inside the scan data.
+    """
+    if not data.rstrip(b"\x00\r\n ").endswith(b"\xff\xd9"):
+        return False
+    pos, size, frame_ok = 2, len(data), False
+    while pos + 4 <= size:
+        if data[pos] != 0xFF:
+            return False
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+            pos += 2
+            continue
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if length < 2 or pos + 2 + length > size:
+            return False
+        if marker in _SOF_MARKERS:
+            segment = data[pos + 4:pos + 2 + length]
+            if len(segment) < 6:
+                return False
+            height, width, components = (segment[1] << 8) | segment[2], (segment[3] << 8) | segment[4], segment[5]
+            factors = [segment[7 + 3 * c] for c in range(components) if 8 + 3 * c <= len(segment)]
+            frame_ok = height > 0 and width > 0 and components in (1, 3, 4) and len(factors) == components \
+                and all(1 <= f >> 4 <= 4 and 1 <= f & 15 <= 4 for f in factors)
+        if marker == 0xDA:  # start of scan: the header is complete
+            return frame_ok
+        pos += 2 + length
+    return False
+
+
+def _native_safe(data):
+    """True for bytes MindSpore's decoder turns into correct RGB without risk (8-bit PNG, sound JPEG)."""
+    if data[:2] == b"\xff\xd8":
+        return _jpeg_structure_ok(data)
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return len(data) > 45 and data[12:16] == b"IHDR" and data[24] <= 8 and data[-8:-4] == b"IEND"
+    return False
+
+
 def _png_bytes(img):
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return np.frombuffer(buf.getvalue(), dtype=np.uint8)
 
 
-class _ImageFileReader:
-    """Random-access source: index -> (encoded image bytes uint8 [n], label int32 [])."""
+def _read_encoded(path):
+    """Encoded bytes MindSpore decodes safely: the file itself, or PIL's decode of it as PNG.
 
-    def __init__(self, paths, labels, needs_pil, pad=0, pad_size=32):
+    Raises OSError / ValueError (PIL's errors) for a file nobody can decode.
+    """
+    raw = np.fromfile(path, dtype=np.uint8)
+    if _native_safe(raw.tobytes()):
+        return raw
+    with Image.open(io.BytesIO(raw.tobytes())) as img:
+        img.load()
+        return _png_bytes(pil_to_rgb(img))
+
+
+class _CheckedReader:
+    """Random-access source for unverified files: index -> (encoded bytes uint8 [n], label int32 []).
+
+    A file that cannot be decoded is named once (per process) and replaced by the next readable image
+    of the list, with that image's label, so the number of samples never changes. Indices past the
+    images (``pad`` of them) give a black image with label -1.
+    """
+
+    def __init__(self, paths, labels, pad=0):
         self.paths = list(paths)
         self.labels = np.asarray(labels, dtype=np.int32)
-        self.needs_pil = list(needs_pil)
         self.pad = int(pad)
-        self.pad_bytes = _png_bytes(Image.new("RGB", (pad_size, pad_size))) if pad else None
+        self.pad_bytes = _png_bytes(Image.new("RGB", (32, 32))) if pad else None
+        self.bad = set()
 
     def __len__(self):
         return len(self.paths) + self.pad
@@ -236,22 +243,17 @@ class _ImageFileReader:
         index = int(index)
         if index >= len(self.paths):
             return self.pad_bytes, np.array(-1, dtype=np.int32)
-        path = self.paths[index]
-        label = self.labels[index]
-        try:
-            if self.needs_pil[index]:
-                with Image.open(path) as img:
-                    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-                        arr = np.asarray(img, dtype=np.float64)
-                        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                        img = Image.fromarray(np.clip(arr * (255.0 / peak), 0, 255).astype(np.uint8), "L")
-                    data = _png_bytes(img.convert("RGB"))
-            else:
-                data = np.fromfile(path, dtype=np.uint8)
-        except Exception as err:  # pylint: disable=broad-except  # the Decode op then skips it
-            _LOG.warning("skipping corrupt image: %s (%s: %s)", path, type(err).__name__, err)
-            data = _BAD_BYTES
-        return data, np.array(label, dtype=np.int32)
+        for offset in range(len(self.paths)):
+            candidate = (index + offset) % len(self.paths)
+            if candidate in self.bad:
+                continue
+            try:
+                return _read_encoded(self.paths[candidate]), self.labels[candidate]
+            except Exception as err:  # pylint: disable=broad-except  # any failure: this file is bad
+                self.bad.add(candidate)
+                _LOG.warning("skipping corrupt image: %s (%s: %s); using %s in its place", self.paths[candidate],
+                             type(err).__name__, err, self.paths[(candidate + 1) % len(self.paths)])
+        raise ValueError(f"no readable image among the {len(self.paths)} files of the dataset")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,6 +267,7 @@ def _inter(name, for_eval=False):
 
 
 def _train_image_ops(config):
+    """Encoded bytes -> float32 [3, S, S]: the random resized crop decodes only the crop's rows."""
     import mindspore.dataset.transforms as T
     import mindspore.dataset.vision as V
     from src.autoaugment import build_auto_augment
@@ -272,11 +275,11 @@ def _train_image_ops(config):
     size = config.train_image_size
     scale = (config.crop_min, 1.0)
     if config.interpolation == "random":
-        crop = T.RandomChoice([V.RandomResizedCrop(size, scale=scale, interpolation=_inter("bilinear")),
-                               V.RandomResizedCrop(size, scale=scale, interpolation=_inter("bicubic"))])
+        crop = T.RandomChoice([V.RandomCropDecodeResize(size, scale=scale, interpolation=_inter(name))
+                               for name in ("bilinear", "bicubic")])
     else:
-        crop = V.RandomResizedCrop(size, scale=scale, interpolation=_inter(config.interpolation))
-    ops = [V.Decode(), crop]
+        crop = V.RandomCropDecodeResize(size, scale=scale, interpolation=_inter(config.interpolation))
+    ops = [crop]
     if config.hflip > 0:
         ops.append(V.RandomHorizontalFlip(prob=config.hflip))
     augment = build_auto_augment(config.autoaugment, config.randaugment, V.Inter.BILINEAR)
@@ -284,7 +287,8 @@ def _train_image_ops(config):
     if not augment and config.color_jitter > 0:
         cj = config.color_jitter
         ops.append(V.RandomColorAdjust(brightness=cj, contrast=cj, saturation=cj))
-    ops += [V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD), V.HWC2CHW()]
+    # transposing uint8 before normalising moves a quarter of the bytes
+    ops += [V.HWC2CHW(), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, is_hwc=False)]
     if config.reprob > 0:
         ops.append(V.RandomErasing(prob=config.reprob, value="random"))
     return ops
@@ -296,13 +300,41 @@ def eval_resize_size(config):
 
 
 def _eval_image_ops(config):
+    """Encoded bytes -> float32 [3, S, S]: decode, resize the short side, centre-crop, normalise."""
     import mindspore.dataset.vision as V
     name = config.eval_interpolation or config.interpolation
     if name == "random":
         name = "bicubic"
     return [V.Decode(), V.Resize(eval_resize_size(config), interpolation=_inter(name, for_eval=True)),
-            V.CenterCrop(config.eval_image_size), V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
-            V.HWC2CHW()]
+            V.CenterCrop(config.eval_image_size), V.HWC2CHW(),
+            V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, is_hwc=False)]
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_transform(image_size, crop_pct, interpolation, eval_interpolation):
+    import mindspore.dataset.transforms as T
+    from src.model_utils.config import make_config
+    config = make_config({"eval_image_size": image_size, "crop_pct": crop_pct, "interpolation": interpolation,
+                          "eval_interpolation": eval_interpolation})
+    return T.Compose(_eval_image_ops(config))
+
+
+def decode_for_eval(path, config):
+    """One image file -> float32 [3, S, S] with the evaluation preprocessing (S = eval_image_size).
+
+    Raises ValueError naming the reason when the file cannot be decoded.
+    """
+    try:
+        data = _read_encoded(path)
+    except Exception as err:  # pylint: disable=broad-except  # any failure: this file is bad
+        raise ValueError(f"{type(err).__name__}: {err}") from None
+    transform = _eval_transform(int(config.eval_image_size), float(config.crop_pct), str(config.interpolation),
+                                str(config.eval_interpolation or ""))
+    try:
+        return np.asarray(transform(data), dtype=np.float32)
+    except Exception as err:  # pylint: disable=broad-except  # any decoder error: this file is bad
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(f"{type(err).__name__}: {message}") from None
 
 
 def _mix_op(config):
@@ -328,8 +360,23 @@ def _mix_op(config):
     return op
 
 
+def _available_cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 def _workers(requested):
-    return max(1, min(int(requested), os.cpu_count() or 1))
+    """Parallel workers of a pipeline stage: ``requested``, capped at this process's share of the cores.
+
+    A process pinned to a set of cores (msrun's binding, taskset) has that set; an unpinned one shares
+    the machine with the other processes of its server (8 ranks on 192 cores: 24 each).
+    """
+    cores = _available_cores()
+    if cores >= (os.cpu_count() or cores):
+        cores //= get_local_rank_size()
+    return max(1, min(int(requested), cores))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,51 +401,58 @@ def create_dataset(config, training, rank_id=0, rank_size=1):
         raise ValueError(f"rank_id {rank_id} is not a valid shard of rank_size {rank_size}")
 
     folder = resolve_train_folder(config) if training else resolve_eval_folder(config)
-    class_names, paths, labels, needs_pil = scan_image_folder(
-        folder, verify=config.verify_images, fraction=config.dataset_fraction)
+    manifest = _load(folder, bool(config.verify_images), config, report=rank_id == 0)
+    class_names = manifest.class_names
     if len(class_names) != config.class_num:
         raise ValueError(f"class_num is {config.class_num} in the config but {folder} has "
                          f"{len(class_names)} class folders; set class_num to {len(class_names)}")
     if not training:
         _check_same_classes(config, folder, class_names)
+    chosen = _select(manifest, config.dataset_fraction)
 
     ds.config.set_seed(config.seed)
-    ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.SKIP)
+    # a safety net for a file changed after its check: never drop a sample (that would shorten the epoch)
+    ds.config.set_error_samples_mode(ds.config.ErrorSamplesMode.REPLACE)
+    workers = _workers(config.train_num_workers if training else config.eval_num_workers)
 
     if training:
-        reader = _ImageFileReader(paths, labels, needs_pil)
-        per_shard = math.ceil(len(reader) / rank_size)
+        per_shard = math.ceil(len(chosen) / rank_size)
         if per_shard < config.batch_size:
-            raise ValueError(f"training folder {folder} has {len(reader)} usable images, {per_shard} per "
+            raise ValueError(f"training folder {folder} has {len(chosen)} usable images, {per_shard} per "
                              f"rank, fewer than batch_size {config.batch_size}; lower batch_size")
         sampler = ds.DistributedSampler(num_shards=rank_size, shard_id=rank_id, shuffle=True)
-        workers = _workers(config.train_num_workers)
-        data = ds.GeneratorDataset(reader, column_names=["image", "label"], sampler=sampler,
-                                   num_parallel_workers=min(workers, 4), python_multiprocessing=False)
-        data = data.map(operations=_train_image_ops(config), input_columns="image",
-                        num_parallel_workers=workers)
+        if manifest.view:
+            sampler.add_child(ds.SubsetSampler(chosen))  # never the padding image
+            data = ds.ImageFolderDataset(manifest.view, sampler=sampler, num_parallel_workers=workers,
+                                         class_indexing=manifest.view_class_indexing)
+        else:
+            reader = _CheckedReader([manifest.paths[i] for i in chosen], [manifest.labels[i] for i in chosen])
+            data = ds.GeneratorDataset(reader, column_names=["image", "label"], sampler=sampler,
+                                       num_parallel_workers=workers, python_multiprocessing=False)
+        data = data.map(operations=_train_image_ops(config), input_columns="image", num_parallel_workers=workers)
         smoothing = config.label_smooth_factor if config.use_label_smooth else 0.0
         data = data.map(operations=[T.OneHot(config.class_num, smoothing_rate=float(smoothing)),
                                     T.TypeCast(ms.float32)], input_columns="label")
-        data = data.batch(config.batch_size, drop_remainder=True)
+        data = data.batch(config.batch_size, drop_remainder=True, num_parallel_workers=workers)
         mix = _mix_op(config)
         if mix is not None:
             data = data.map(operations=mix, input_columns=["image", "label"], num_parallel_workers=workers)
         return data, class_names
 
     # evaluation: fixed, disjoint shards; pad to equal length with label -1
-    total = len(paths)
-    padded_total = math.ceil(total / rank_size) * rank_size
-    mine = list(range(rank_id, padded_total, rank_size))
-    real = [i for i in mine if i < total]
-    reader = _ImageFileReader([paths[i] for i in real], [labels[i] for i in real],
-                              [needs_pil[i] for i in real], pad=len(mine) - len(real))
-    workers = _workers(config.eval_num_workers)
-    data = ds.GeneratorDataset(reader, column_names=["image", "label"], shuffle=False,
-                               num_parallel_workers=min(workers, 4), python_multiprocessing=False)
+    total = len(chosen)
+    mine = [chosen[i] for i in range(rank_id, total, rank_size)]
+    pad = math.ceil(total / rank_size) - len(mine)
+    if manifest.view:
+        pad_index = len(manifest.paths)  # the view's padding image
+        data = ds.ImageFolderDataset(manifest.view, sampler=ds.SubsetSampler(mine + [pad_index] * pad),
+                                     num_parallel_workers=workers, class_indexing=manifest.view_class_indexing)
+    else:
+        reader = _CheckedReader([manifest.paths[i] for i in mine], [manifest.labels[i] for i in mine], pad=pad)
+        data = ds.GeneratorDataset(reader, column_names=["image", "label"], shuffle=False,
+                                   num_parallel_workers=workers, python_multiprocessing=False)
     data = data.map(operations=_eval_image_ops(config), input_columns="image", num_parallel_workers=workers)
-    data = data.map(operations=T.TypeCast(ms.int32), input_columns="label")
-    data = data.batch(config.eval_batch_size, drop_remainder=False)
+    data = data.batch(config.eval_batch_size, drop_remainder=False, num_parallel_workers=workers)
     return data, class_names
 
 
@@ -411,7 +465,7 @@ def _check_same_classes(config, eval_folder, class_names):
     if os.path.abspath(train_folder) == os.path.abspath(eval_folder):
         return
     try:
-        train_names = _class_dirs(train_folder)
+        train_names = class_folders(train_folder)
     except ValueError:
         return
     if train_names != class_names:

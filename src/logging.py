@@ -1,4 +1,8 @@
-"""Logger for train.py / eval.py: console plus ``log_dir/log_rank{R}.txt`` (rank 0 writes files only)."""
+"""Logger for train.py / eval.py: console plus ``log_dir/log_rank{R}.txt`` (rank 0 writes files only).
+
+The log file also receives the warnings of the project's library loggers (``logging.getLogger("src...")``,
+e.g. the input pipeline naming a skipped image) while the ``TrainLogger`` is open.
+"""
 import logging
 import os
 import sys
@@ -7,6 +11,8 @@ from datetime import datetime
 __all__ = ["TrainLogger", "get_logger"]
 
 _FORMAT = "%(asctime)s:%(levelname)s:%(message)s"
+#: parent of the library modules' loggers (src.dataset, src.image_manifest, ...)
+_LIBRARY_LOGGER = "src"
 
 
 class TrainLogger(logging.Logger):
@@ -31,6 +37,10 @@ class TrainLogger(logging.Logger):
             file_handler = logging.FileHandler(self.log_file)
             file_handler.setFormatter(formatter)
             self.addHandler(file_handler)
+            library = logging.getLogger(_LIBRARY_LOGGER)
+            library.addHandler(file_handler)
+            if library.getEffectiveLevel() > logging.WARNING:
+                library.setLevel(logging.WARNING)
 
     def save_args(self, config):
         """Log every config key with its value, sorted."""
@@ -52,6 +62,7 @@ class TrainLogger(logging.Logger):
             handler.flush()
             handler.close()
             self.removeHandler(handler)
+            logging.getLogger(_LIBRARY_LOGGER).removeHandler(handler)
 
 
 def get_logger(log_dir=None, rank=0, name="train"):

@@ -19,6 +19,7 @@ import errno
 import math
 import os
 import signal
+import sys
 
 import mindspore as ms
 import numpy as np
@@ -73,6 +74,9 @@ def init_env(config):
         from mindspore.communication import get_group_size, get_rank, init
         init()
         rank_id, rank_size = get_rank(), get_group_size()
+        if "device_num" in config.explicit_keys and int(config.device_num) != rank_size:
+            print(f"WARNING: device_num is {config.device_num} in the config but the job has {rank_size} processes; "
+                  f"using {rank_size}", file=sys.stderr, flush=True)
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL, gradients_mean=True,
                                      device_num=rank_size)
     return rank_id, rank_size

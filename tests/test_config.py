@@ -5,7 +5,8 @@ import os
 import pytest
 import yaml
 
-from src.model_utils.config import (BACKBONES, DEFAULT_CONFIG, KEY_ALIASES, REPO_ROOT, SCHEMA, Config,
+from models import list_models
+from src.model_utils.config import (DEFAULT_CONFIG, IGNORED_KEYS, KEY_ALIASES, REPO_ROOT, SCHEMA, Config,
                                     ConfigError, format_help, load_config, make_config)
 
 pytestmark = pytest.mark.unit
@@ -36,7 +37,7 @@ def test_schema_has_every_key_with_type_default_and_help():
     for name in LEGACY_KEYS + NEW_KEYS:
         assert name in SCHEMA, name
     for key in SCHEMA.values():
-        assert key.kind in ("str", "path", "int", "float", "bool"), key.name
+        assert key.kind in ("str", "path", "int", "float", "bool", "dict"), key.name
         assert key.help and len(key.help) > 10, key.name
         assert key.group, key.name
 
@@ -161,6 +162,7 @@ file_format: 'AIR'
     assert config.export_format == "AIR" and config.file_format == "AIR"
     assert config.eval_path == "/data/imagenet/val"  # sibling of the training folder
     assert config.device_num == 8
+    assert "soft_config_path" not in config.to_dict()  # accepted and ignored
     assert load_config(["--config_path", _write(tmp_path, "context_mode: 1\n", "p.yml")]).context_mode == "pynative"
 
 
@@ -253,9 +255,9 @@ def test_every_config_file_validates(path):
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
     for name in raw:
-        assert name in SCHEMA or name in KEY_ALIASES, f"{path}: {name}"
+        assert name in SCHEMA or name in KEY_ALIASES or name in IGNORED_KEYS, f"{path}: {name}"
     config = load_config(["--config_path", path])
-    assert config.backbone in BACKBONES
+    assert config.backbone in list_models()
     stem = os.path.splitext(os.path.basename(path))[0]
     if stem.startswith(("soft_", "swiftformer_")):  # one file per model, named after it
         assert config.backbone.lower() == stem
@@ -265,7 +267,7 @@ def test_every_config_file_validates(path):
 
 def test_every_backbone_has_a_recipe():
     stems = {os.path.splitext(os.path.basename(p))[0] for p in CONFIG_FILES}
-    assert {b.lower() for b in BACKBONES} <= stems
+    assert {b.lower() for b in list_models()} <= stems
     assert {"SOFT_config", "SOFT_eval", "SOFT_export", "SOFT_tiny_cloud_graph_ascend_O3"} <= stems
 
 
@@ -279,3 +281,50 @@ def test_published_recipes():
     assert (xs.lr_max, xs.weight_decay, xs.mixup, xs.randaugment) == (2e-3, 0.025, 0.0, "")
     cloud = load_config(["--config_path", os.path.join(REPO_ROOT, "config", "SOFT_tiny_cloud_graph_ascend_O3.yml")])
     assert cloud.enable_modelarts is True and cloud.amp_level == "O3" and cloud.device_target == "Ascend"
+
+
+def test_model_args_mapping_and_the_old_flat_key(tmp_path):
+    from src.builder import model_options
+
+    yaml_config = load_config(["--config_path", _write(tmp_path, "model_args: {newton_iters: 10, landmarks: pool}\n")])
+    assert yaml_config.model_args == {"newton_iters": 10, "landmarks": "pool"}
+    cli = load_config(["--config_path", _write(tmp_path, "backbone: soft_tiny\n", "b.yml"),
+                       "--model_args", "depths=[1,1,2,1],landmarks=pool"])
+    assert cli.model_args == {"depths": [1, 1, 2, 1], "landmarks": "pool"}
+    json_form = load_config(["--config_path", _write(tmp_path, "backbone: soft_tiny\n", "j.yml"),
+                             "--model_args", '{"newton_iters": 5}'])
+    assert json_form.model_args == {"newton_iters": 5}
+    flat = make_config({"newton_iters": 12})
+    assert model_options(flat) == {"newton_iters": 12}
+    both = make_config({"newton_iters": 12, "model_args": {"newton_iters": 7}})
+    assert model_options(both) == {"newton_iters": 7}  # the mapping wins
+    assert model_options(make_config({})) == {}
+    with pytest.raises(ConfigError, match="model_args"):
+        make_config({"model_args": "depths"})
+
+
+def test_model_args_that_do_not_fit_the_backbone_are_one_sentence():
+    from src.builder import build_network
+
+    with pytest.raises(ValueError, match="model_args .* do not fit SwiftFormer_XS"):
+        build_network(make_config({"backbone": "SwiftFormer_XS", "model_args": {"newton_iters": 5}}))
+
+
+def test_every_documented_key_is_read_by_the_code():
+    """No key in --help that the code ignores (old ignored keys are listed apart, as such)."""
+    import re
+
+    sources = [os.path.join(REPO_ROOT, f) for f in ("train.py", "eval.py", "export.py", "infer.py", "eval_onnx.py")]
+    sources += glob.glob(os.path.join(REPO_ROOT, "src", "**", "*.py"), recursive=True)
+    text = ""
+    for path in sources:
+        if os.path.isfile(path):
+            body = open(path, encoding="utf-8").read()
+            if path.endswith(os.path.join("model_utils", "config.py")):
+                body = body[body.index("SCHEMA = OrderedDict()"):]
+            text += body
+    unread = [k for k in SCHEMA if not re.search(rf"\bconfig\.{k}\b(?!\s*=[^=])|\"{k}\"", text)]
+    assert not unread, f"documented but never read: {unread}"
+    help_text = format_help()
+    for name in IGNORED_KEYS:
+        assert f"Accepted and ignored: {name}" in help_text

@@ -31,8 +31,16 @@ def test_every_registered_model_builds_by_name(name):
     assert _head_width(net) == {10}
 
 
-def test_zoo_spelling_class_num_and_one_forward():
-    ms.set_context(mode=ms.GRAPH_MODE)
+@pytest.fixture
+def pynative():
+    """PyNative mode for one small forward pass (no graph compilation); the previous mode restored."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
+def test_zoo_spelling_class_num_and_one_forward(pynative):
     ms.set_seed(0)
     net = create_network("SwiftFormer_XS", class_num=10, **SHALLOW)
     assert _head_width(net) == {10}

@@ -14,8 +14,12 @@ from src.callback import CheckpointManager, find_latest_checkpoint, is_eval_epoc
 from src.cross_entropy import ClassificationLoss, CrossEntropySmooth, SoftTargetCrossEntropy, get_loss  # noqa: E402
 from src.lr_generator import get_lr  # noqa: E402
 from src.metric import TopKAccuracy, topk_correct  # noqa: E402
+from models.checkpoint import load_weights  # noqa: E402
+from src.model_utils.config import make_config  # noqa: E402
 from src.optimizer import GradientPreprocess, build_optimizer, split_weight_decay, uses_weight_decay  # noqa: E402
-from src.trainer import TrainStep, load_network_checkpoint  # noqa: E402
+from src.train_step import build_train_step  # noqa: E402
+
+pytestmark = pytest.mark.unit
 
 ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
@@ -77,6 +81,9 @@ class _Toy(nn.Cell):
         self.cls_token = ms.Parameter(ms.Tensor(np.zeros((1, 1, 16), np.float32)))
         self.rel_table = ms.Parameter(ms.Tensor(np.zeros((7, 16), np.float32)))
 
+    def no_weight_decay(self):
+        return {"cls_token"}
+
     def construct(self, x):
         y = self.bn(self.conv(x)).mean((2, 3)) + self.pos_embed1.sum() + self.cls_token.sum() + self.rel_table.sum()
         return self.head(self.norm(y))
@@ -85,12 +92,15 @@ class _Toy(nn.Cell):
 def test_weight_decay_groups_by_name():
     net = _Toy()
     decay, no_decay = split_weight_decay(net)
-    assert sorted(p.name for p in decay) == ["conv.weight", "head.weight", "rel_table"]
+    assert sorted(p.name for p in decay) == ["conv.weight", "head.weight", "pos_embed1", "rel_table"]
     assert sorted(p.name for p in no_decay) == sorted(["conv.bias", "norm.gamma", "norm.beta", "bn.gamma", "bn.beta",
-                                                       "head.bias", "pos_embed1", "cls_token"])
-    decay, _ = split_weight_decay(net, "rel_table, head.")
+                                                       "head.bias", "cls_token"])
+    decay, _ = split_weight_decay(net, "rel_table, head., pos_embed")
     assert sorted(p.name for p in decay) == ["conv.weight"]
-    assert not uses_weight_decay("stage1.pos_embed", (1, 3136, 64))
+    decay, _ = split_weight_decay(net.trainable_params())  # a plain list: no model hook
+    assert "cls_token" in {p.name for p in decay}
+    assert uses_weight_decay("stage1.pos_embed", (1, 3136, 64))  # the original decays the positional tables
+    assert not uses_weight_decay("cls_token", (1, 1, 64), skip_names={"cls_token"})
     assert not uses_weight_decay("blocks.0.attn.proj.bias", (2, 2))
     assert uses_weight_decay("blocks.0.attn.q.weight", (64, 64))
 
@@ -100,9 +110,10 @@ def test_weight_decay_on_soft_tiny_names():
     net = create_model("soft_tiny", num_classes=10)
     decay, no_decay = split_weight_decay(net)
     names = {p.name for p in no_decay}
-    assert all(p.ndim >= 2 and p.name.endswith("weight") for p in decay), [p.name for p in decay][:5]
-    assert any("pos_embed" in n for n in names) and any("cls_token" in n for n in names)
-    assert all(n.endswith(("bias", "gamma", "beta")) or "pos_embed" in n or "cls_token" in n for n in names)
+    assert all(p.ndim >= 2 and (p.name.endswith("weight") or p.name.startswith("pos_embed")) for p in decay), \
+        [p.name for p in decay][:5]
+    assert not any("pos_embed" in n for n in names) and "cls_token" in names
+    assert all(n.endswith(("bias", "gamma", "beta")) or n == "cls_token" for n in names)
     assert not any("moving_" in p.name for p in decay + no_decay)
 
 
@@ -111,10 +122,11 @@ def test_optimizer_applies_groups(opt_name):
     net = _Toy()
     config = SimpleNamespace(opt=opt_name, weight_decay=0.05, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9,
                              no_weight_decay_filter="")
-    opt = build_optimizer(config, net.trainable_params(), get_lr(0, 1e-3, 0, 0, 1, 4))
+    opt = build_optimizer(config, net, get_lr(0, 1e-3, 0, 0, 1, 4))
     wd = {p.name: float(w.asnumpy()) for p, w in zip(opt.parameters, opt.weight_decay)}
     assert wd["conv.weight"] == pytest.approx(0.05) and wd["head.weight"] == pytest.approx(0.05)
-    assert wd["pos_embed1"] == 0 and wd["cls_token"] == 0 and wd["norm.gamma"] == 0 and wd["conv.bias"] == 0
+    assert wd["pos_embed1"] == pytest.approx(0.05)  # decayed, as in the original recipe
+    assert wd["cls_token"] == 0 and wd["norm.gamma"] == 0 and wd["conv.bias"] == 0
     assert [p.name for p in opt.parameters] == [p.name for p in net.trainable_params()]
     with pytest.raises(ValueError, match="opt"):
         build_optimizer(SimpleNamespace(**{**vars(config), "opt": "lamb"}), net.trainable_params(), 0.1)
@@ -201,6 +213,29 @@ def test_tuple_outputs_are_averaged():
     assert got == pytest.approx((la + lb) / 2, rel=1e-5)
 
 
+def test_distillation_loss_values():
+    from src.cross_entropy import DistillationLoss
+
+    rng = np.random.default_rng(2)
+    head, dist, teacher = (rng.normal(size=(3, 5)).astype(np.float32) for _ in range(3))
+    target = rng.dirichlet(np.ones(5), size=3).astype(np.float32)
+    base = float(np.mean(-(target * _log_softmax(head.astype(np.float64))).sum(-1)))
+    outputs = (ms.Tensor(head), ms.Tensor(dist))
+    # hard (DeiT): CE of the dist head against the teacher's arg-max class
+    hard = float(np.mean(-_log_softmax(dist.astype(np.float64))[np.arange(3), teacher.argmax(-1)]))
+    got = DistillationLoss(SoftTargetCrossEntropy(), "hard", alpha=0.3)(outputs, ms.Tensor(target), ms.Tensor(teacher))
+    assert float(got.asnumpy()) == pytest.approx(0.7 * base + 0.3 * hard, rel=1e-5)
+    # soft (DeiT): KL(teacher || student) at temperature tau, times tau^2, summed over B x C / (B * C)
+    tau = 2.0
+    log_s, log_t = _log_softmax(dist / tau), _log_softmax(teacher / tau)
+    soft = float((np.exp(log_t) * (log_t - log_s)).sum() * tau * tau / dist.size)
+    got = DistillationLoss(SoftTargetCrossEntropy(), "soft", alpha=0.5, tau=tau)(outputs, ms.Tensor(target),
+                                                                                ms.Tensor(teacher))
+    assert float(got.asnumpy()) == pytest.approx(0.5 * base + 0.5 * soft, rel=1e-5)
+    with pytest.raises(ValueError, match="soft or hard"):
+        DistillationLoss(SoftTargetCrossEntropy(), "none")
+
+
 def test_get_loss_names():
     config = SimpleNamespace(loss_name="ce_smooth_mixup", class_num=10, use_label_smooth=1, label_smooth_factor=0.1)
     assert isinstance(get_loss(config), ClassificationLoss)
@@ -256,23 +291,21 @@ def ops_relu(x):
 
 def _tiny_step(**kw):
     net = _Tiny()
-    config = SimpleNamespace(opt="adamw", weight_decay=0.05, beta1=0.9, beta2=0.999, eps=1e-8, momentum=0.9,
-                             no_weight_decay_filter="")
-    opt = build_optimizer(config, net.trainable_params(), get_lr(1e-2, 1e-2, 1e-2, 0, 1, 100, "constant"))
-    step = TrainStep(net, ClassificationLoss(3), opt, **kw)
-    step.set_train(True)
-    return net, opt, step
+    values = {"class_num": 3, "opt": "adamw", "weight_decay": 0.05, "no_weight_decay_filter": "", "loss_scale": 1.0}
+    values.update(kw)
+    step = build_train_step(make_config(values), net, get_lr(1e-2, 1e-2, 1e-2, 0, 1, 100, "constant"))
+    return net, step.optimizer, step
 
 
 def test_train_step_learns_and_skips_non_finite():
-    net, opt, step = _tiny_step(loss_scale=128.0, clip_grad=1.0, ema_decay=0.5)
+    net, opt, step = _tiny_step(loss_scale=128.0, clip_grad=1.0, model_ema=True, model_ema_decay=0.5)
     rng = np.random.default_rng(0)
     x = ms.Tensor(rng.normal(size=(16, 4)).astype(np.float32))
     y = ms.Tensor(np.eye(3, dtype=np.float32)[rng.integers(0, 3, 16)])
-    first, finite = step(x, y)
+    first, finite, _ = step(x, y)
     assert bool(finite.asnumpy())
     for _ in range(30):
-        loss, _ = step(x, y)
+        loss, _, _ = step(x, y)
     assert float(loss.asnumpy()) < float(first.asnumpy())
     assert int(opt.global_step.asnumpy()[0]) == 31
     ema = {p.name: p.asnumpy() for p in step.ema_params}
@@ -280,7 +313,7 @@ def test_train_step_learns_and_skips_non_finite():
     assert not np.allclose(ema["ema.fc1.weight"], net.fc1.weight.asnumpy())  # lags behind
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
     bad = ms.Tensor(np.full((16, 4), np.nan, np.float32))
-    loss, finite = step(bad, y)
+    loss, finite, _ = step(bad, y)
     assert not bool(finite.asnumpy())  # (ReLU maps NaN to 0 on CPU: the loss itself may stay finite)
     for p in net.trainable_params():
         np.testing.assert_array_equal(p.asnumpy(), before[p.name])  # no update
@@ -304,7 +337,7 @@ def test_checkpoint_manager_keeps_newest_and_best(tmp_path):
     keys = ms.load_checkpoint(str(tmp_path / "tiny-4_7.ckpt"))
     assert "adam_m.fc1.weight" in keys and "global_step" in keys and "learning_rate" not in keys
     fresh = _Tiny()
-    assert load_network_checkpoint(fresh, str(tmp_path / "tiny-4_7.ckpt"))["epoch_num"] == 4
+    assert load_weights(fresh, str(tmp_path / "tiny-4_7.ckpt"))["epoch_num"] == 4
     np.testing.assert_array_equal(fresh.fc1.weight.asnumpy(), net.fc1.weight.asnumpy())
 
 
@@ -324,6 +357,6 @@ def test_network_checkpoint_mismatch_is_one_clear_error(tmp_path):
             return x
 
     with pytest.raises(ValueError) as info:
-        load_network_checkpoint(Other(), path)
+        load_weights(Other(), path)
     text = str(info.value)
     assert "missing: extra.bias, extra.weight" in text and "mis-shaped: fc2.bias" in text

@@ -58,3 +58,48 @@ def test_list_models_filters_by_pattern():
     assert list_models("soft_norm_*") == sorted(n for n in EXPECTED_PARAMS if n.startswith("soft_norm_"))
     assert "bench_soft_tiny_softmax" not in list_models()
     assert "bench_soft_tiny_softmax" in list_models(include_benchmark=True)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_features_only_describes_the_selected_stages(name):
+    net = create_model(name, features_only=True, out_indices=(1, 3))
+    channels = create_model(name, num_classes=0).embed_dims
+    assert net.feature_info == [{"index": 1, "num_chs": channels[1], "reduction": 8},
+                                {"index": 3, "num_chs": channels[3], "reduction": 32}]
+    assert not any(p.name.startswith(("head.", "dist_head.")) for p in net.get_parameters())
+    with pytest.raises(ValueError, match="out_indices"):
+        create_model(name, features_only=True, out_indices=(4,))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
+def test_features_only_gives_every_stage_map_at_a_non_square_size(name):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    net = create_model(name, features_only=True)
+    net.set_train(False)
+    maps = net(ms.Tensor(np.random.default_rng(1).standard_normal((2, 3, 64, 96)).astype(np.float32)))
+    assert [tuple(m.shape) for m in maps] == [(2, info["num_chs"], 64 // info["reduction"], 96 // info["reduction"])
+                                              for info in net.feature_info]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["soft_tiny", "SwiftFormer_XS"])
+def test_features_only_loads_a_classifier_checkpoint_and_exports(name, tmp_path):
+    ms.set_context(mode=ms.GRAPH_MODE)
+    ms.set_seed(3)
+    classifier = create_model(name, num_classes=10)
+    path = str(tmp_path / "classifier.ckpt")
+    ms.save_checkpoint(classifier, path)
+    net = create_model(name, features_only=True, out_indices=(0, 2), pretrained=path)
+    net.set_train(False)
+    x = np.random.default_rng(2).standard_normal((1, 3, 64, 32)).astype(np.float32)
+    classifier.set_train(False)
+    expected = [classifier.forward_stages(ms.Tensor(x))[i].asnumpy() for i in (0, 2)]
+    got = [m.asnumpy() for m in net(ms.Tensor(x))]
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    ms.export(net, ms.Tensor(x), file_name=str(tmp_path / "features"), file_format="MINDIR")
+    exported = ms.nn.GraphCell(ms.load(str(tmp_path / "features.mindir")))
+    for e, g in zip(got, exported(ms.Tensor(x))):
+        np.testing.assert_allclose(g.asnumpy(), e, rtol=1e-5, atol=1e-5)

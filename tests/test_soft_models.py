@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import nn
 
 from helpers import convert_fixture, fixture_arrays, rel_err, requires_fixtures
 from models import create_model
@@ -75,22 +74,29 @@ def test_graph_mode_and_pynative_agree():
     assert rel_err(pynative, graph) < 1e-5
 
 
-def _train_step(net, lr=1e-3):
-    loss_net = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
-    step = nn.TrainOneStepCell(loss_net, nn.AdamWeightDecay(net.trainable_params(), learning_rate=lr))
-    step.set_train(True)
-    return step
+def _shipped_step(backbone, lr=1e-3, **overrides):
+    """What train.py trains with: the builder's network and the recipe's train step (constant lr, no decay)."""
+    from src.builder import build_network
+    from src.model_utils.config import make_config
+    from src.train_step import build_train_step
+
+    config = make_config(dict({"backbone": backbone, "class_num": 10, "weight_decay": 0.0, "clip_grad": 0.0,
+                               "lr_max": lr}, **overrides))
+    net, _ = build_network(config, "train")
+    return net, build_train_step(config, net)
+
+
+def _one_hot(labels, classes=10):
+    return ms.Tensor(np.eye(classes, dtype=np.float32)[labels])
 
 
 def test_one_training_step_updates_every_parameter():
     ms.set_seed(0)
-    net = create_model("soft_tiny", num_classes=10, drop_path_rate=0.1)
+    net, step = _shipped_step("soft_tiny", drop_path_rate=0.1)
     before = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
-    step = _train_step(net)
     rng = np.random.default_rng(3)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
-    y = ms.Tensor(rng.integers(0, 10, 4).astype(np.int32))
-    loss = float(step(x, y).asnumpy())
+    loss = float(step(x, _one_hot(rng.integers(0, 10, 4)))[0].asnumpy())
     assert np.isfinite(loss)
     frozen = [name for name, p in ((p.name, p) for p in net.trainable_params())
               if np.array_equal(before[name], p.asnumpy())]
@@ -99,26 +105,22 @@ def test_one_training_step_updates_every_parameter():
 
 def test_a_few_steps_on_one_batch_drive_the_loss_down():
     ms.set_seed(0)
-    net = create_model("soft_norm_tiny", num_classes=10)
-    step = _train_step(net, lr=2e-4)
+    _, step = _shipped_step("soft_norm_tiny", lr=2e-4)
     rng = np.random.default_rng(4)
     x = ms.Tensor(rng.standard_normal((8, 3, 64, 64)).astype(np.float32))
-    y = ms.Tensor(np.arange(8, dtype=np.int32) % 10)
-    losses = [float(step(x, y).asnumpy()) for _ in range(5)]
+    y = _one_hot(np.arange(8) % 10)
+    losses = [float(step(x, y)[0].asnumpy()) for _ in range(5)]
     assert losses[-1] < 0.2 * losses[0], losses
 
 
 @pytest.mark.parametrize("amp_level", ["O2", "O3"])
 def test_mixed_precision_training_keeps_the_kernel_in_float32_and_learns(amp_level):
-    from src.trainer import apply_amp
-
     ms.set_seed(0)
-    net = apply_amp(create_model("soft_tiny", num_classes=10), amp_level)
+    net, step = _shipped_step("soft_tiny", lr=2e-4, amp_level=amp_level, loss_scale=1024.0)
     kernels = [cell for _, cell in net.cells_and_names() if getattr(cell, "keep_fp32", False)]
     assert kernels and all(cell.get_flags().get("fp32") for cell in kernels)
-    step = _train_step(net, lr=2e-4)
     rng = np.random.default_rng(5)
     x = ms.Tensor(rng.standard_normal((4, 3, 64, 64)).astype(np.float32))
-    y = ms.Tensor(np.arange(4, dtype=np.int32))
-    losses = [float(step(x, y).asnumpy()) for _ in range(4)]
+    y = _one_hot(np.arange(4))
+    losses = [float(step(x, y)[0].asnumpy()) for _ in range(4)]
     assert np.isfinite(losses).all() and losses[-1] < 0.2 * losses[0], losses

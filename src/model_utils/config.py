@@ -121,13 +121,18 @@ _GROUPS = [
             check=_open_unit),
         Key("batch_size", "int", 128, "training batch size per device", check=_positive),
         Key("train_num_workers", "int", 8,
-            "parallel workers of the training pipeline (clamped to the number of CPU cores)", check=_positive),
+            "parallel workers of each training pipeline stage, capped at this process's share of the CPU cores "
+            "(its pinned cores, or the server's cores divided by the processes on the server)", check=_positive),
         Key("dataset_fraction", "float", 1.0,
             "fraction of every class to use, train and eval (1.0 = all; a fixed per-class subset, for quick runs)",
             check=_open_unit),
         Key("verify_images", "bool", True,
-            "check every image with PIL before training/evaluation and skip corrupt ones with a warning "
-            "(costs one header read per file; turn off only for large, trusted datasets)"),
+            "check every image with PIL once and skip corrupt ones with a warning; the verdicts are cached in "
+            "a manifest (see data_cache_path) that later runs reuse, rechecking only changed files. Off: no "
+            "check ahead; files are checked as they are read (a little more CPU per image)"),
+        Key("data_cache_path", "path", "",
+            "folder for the image manifests (and PNG copies of images MindSpore cannot decode); empty: "
+            "beside each data folder (.<folder>.imagecache) when writable, else <output_path>/data_cache"),
     ]),
     ("Evaluation data", [
         Key("eval_path", "path", "", "evaluation ImageFolder (empty: <dataset_path>/val)"),
@@ -139,7 +144,7 @@ _GROUPS = [
             "evaluate at the epochs where epoch % eval_interval == eval_offset (-1: max_epoch % eval_interval, "
             "so the last epoch is always evaluated)"),
         Key("eval_num_workers", "int", 8,
-            "parallel workers of the evaluation pipeline (clamped to the number of CPU cores)", check=_positive),
+            "parallel workers of each evaluation pipeline stage, capped as train_num_workers", check=_positive),
         Key("crop_pct", "float", 0.875,
             "evaluation centre-crop fraction: resize the short side to int(eval_image_size / crop_pct), "
             "then centre-crop eval_image_size", check=_open_unit),

@@ -18,8 +18,8 @@ launchers above.
 """
 import os
 
-__all__ = ["get_device_id", "get_device_num", "get_rank_id", "get_local_rank_id", "get_job_id",
-           "is_first_local_rank", "describe"]
+__all__ = ["get_device_id", "get_device_num", "get_rank_id", "get_local_rank_id", "get_local_rank_size",
+           "get_job_id", "is_first_local_rank", "describe"]
 
 #: devices per server assumed when only a global count is known (Ascend 910 / GPU servers have 8)
 DEVICES_PER_SERVER = 8
@@ -64,6 +64,18 @@ def get_local_rank_id():
     if num == 1:
         return 0
     return get_device_id() % min(num, DEVICES_PER_SERVER)
+
+
+def get_local_rank_size():
+    """Processes of this job on this server (they share its CPU cores).
+
+    LOCAL_WORLD_SIZE or mpirun's local size when set; otherwise the devices of the job, at most
+    ``DEVICES_PER_SERVER`` (msrun and the rank-table scripts start one process per device).
+    """
+    explicit = _env_int(("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE"), None)
+    if explicit is not None:
+        return max(1, explicit)
+    return min(get_device_num(), DEVICES_PER_SERVER)
 
 
 def is_first_local_rank():

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Side-by-side CPU timing against the original PyTorch code, in one run (the table of README's speed section).
+
+    python benchmarks/compare_reference.py [--torch-python /tmp/torch-venv/bin/python] [--rounds 2]
+        [--what infer:soft_tiny,train:soft_tiny,infer:soft_norm_tiny,train:soft_norm_tiny,
+                infer:SwiftFormer_XS,train:SwiftFormer_XS]
+
+It reuses ../shared/bench/side_by_side.py (its PyTorch child and its ``run``: every measurement in a fresh
+process, batch 8 at 224x224, float32, median of 5 timed calls after 2 warm-up calls, the two frameworks
+alternating ``--rounds`` times). Our side is what this project ships: ``infer`` applies the inference pass
+``models.fuse_for_inference`` (with the CPU kernels when ``make kernels`` built them), ``train`` times the
+plain framework train cell (forward + cross-entropy + backward + AdamW), as the reference side does.
+The torch interpreter: ``python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install
+torch==2.13.0+cpu 'numpy<2' pyyaml``. Prints one line per item, then a Markdown table.
+"""
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = Path(os.environ.get("SOFT_SHARED", REPO.parent / "shared")) / "bench"
+
+ALL = ("infer:soft_tiny,train:soft_tiny,infer:soft_norm_tiny,train:soft_norm_tiny,"
+       "infer:SwiftFormer_XS,train:SwiftFormer_XS")
+
+#: our child process: argv = [script, ref dir, mode, model, batch, size]; prints the sorted step times (JSON)
+MS_CHILD = r'''
+import json, os, sys, time
+sys.path.insert(0, os.getcwd())
+import numpy as np
+import mindspore as ms
+from mindspore import nn
+from models import create_model, fuse_for_inference
+ms.set_context(mode=ms.GRAPH_MODE)
+mode, name, bs, size = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+net = create_model(name, num_classes=1000)
+x = ms.Tensor(np.random.default_rng(0).standard_normal((bs, 3, size, size)).astype(np.float32))
+if mode == "infer":
+    fuse_for_inference(net)
+    def step():
+        net(x).asnumpy()
+else:
+    class Loss(nn.Cell):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+            self.ce = nn.CrossEntropyLoss()
+        def construct(self, x, y):
+            out = self.net(x)
+            if isinstance(out, tuple):
+                out = (out[0] + out[1]) / 2
+            return self.ce(out, y)
+    cell = nn.TrainOneStepCell(Loss(net), nn.AdamWeightDecay(net.trainable_params(), learning_rate=1e-4))
+    cell.set_train(True)
+    y = ms.Tensor(np.random.default_rng(1).integers(0, 1000, bs).astype(np.int32))
+    def step():
+        cell(x, y).asnumpy()
+for _ in range(2):
+    step()
+times = []
+for _ in range(5):
+    start = time.perf_counter()
+    step()
+    times.append(time.perf_counter() - start)
+print(json.dumps(sorted(times)))
+'''
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--torch-python", default="/tmp/torch-venv/bin/python", help="a python with torch")
+    parser.add_argument("--what", default=ALL, help="comma list of infer:<model> / train:<model>")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations per item (default 2)")
+    args = parser.parse_args(argv)
+    if not (BENCH / "side_by_side.py").is_file():
+        parser.error(f"{BENCH / 'side_by_side.py'} not found (put shared/ beside the clone or set SOFT_SHARED)")
+    sys.path.insert(0, str(BENCH))
+    import side_by_side  # pylint: disable=import-outside-toplevel
+
+    os.chdir(REPO)  # the child imports models from its working directory
+    rows = []
+    for item in args.what.split(","):
+        mode, name = item.split(":")
+        t_ref, t_ours = [], []
+        for _ in range(args.rounds):
+            t_ref.append(side_by_side.run(args.torch_python, side_by_side.TORCH_CHILD, str(BENCH / "ref"), mode, name))
+            t_ours.append(side_by_side.run(sys.executable, MS_CHILD, str(BENCH / "ref"), mode, name))
+        ref, ours = statistics.median(t_ref), statistics.median(t_ours)
+        print(f"{item}: reference {ref * 1000:.0f} ms {[round(t * 1000) for t in t_ref]}, "
+              f"ours {ours * 1000:.0f} ms {[round(t * 1000) for t in t_ours]}", flush=True)
+        work = "forward" if mode == "infer" else "forward + backward + AdamW"
+        rows.append(f"| {name} {work} | {ref * 1000:.0f} ms | {ours * 1000:.0f} ms | {ours / ref:.2f} |")
+    print("\n| work | reference | ours | ratio |\n|---|---:|---:|---:|")
+    print("\n".join(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
