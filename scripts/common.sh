@@ -219,7 +219,7 @@ eval_onnx_main() {
 # Each positional value may come from the environment instead: WORKER_NUM (N, all workers of the job),
 # LOCAL_WORKER_NUM (LOCAL_N, the workers on this node; default N: one node), NODE_RANK (default 0; this
 # node's workers get ranks NODE_RANK * LOCAL_N ... + LOCAL_N - 1), MASTER_ADDR (the address of node 0,
-# where msrun runs the scheduler; needed with several nodes, default 127.0.0.1 on one), MASTER_PORT
+# where msrun runs the scheduler; needed with several nodes, 127.0.0.1 on one), MASTER_PORT
 # (default 8118). CLUSTER_TIME_OUT (seconds msrun waits for the other nodes) is passed on when set.
 # Run the same command on every node with its own NODE_RANK; logs go to LOG_DIR (one node) or
 # LOG_DIR_node<NODE_RANK> (several), per-worker logs inside.
@@ -256,7 +256,7 @@ msrun_train_main() {
     local nodes=$(( (n + local_n - 1) / local_n ))
     if [ "$nodes" -eq 1 ]; then
         [ "$node_rank" -eq 0 ] || usage_exit "$usage" "NODE_RANK must be 0 when all ${n} workers run on this node"
-        master_addr="${master_addr:-127.0.0.1}"
+        master_addr="127.0.0.1"  # the scheduler runs here (a MASTER_ADDR left in the environment does not count)
     else
         [ -n "$master_addr" ] || usage_exit "$usage" "MASTER_ADDR (the address of node 0) is needed with several nodes"
         if [ $(( (node_rank + 1) * local_n )) -gt "$n" ]; then

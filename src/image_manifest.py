@@ -10,17 +10,19 @@ is made once; ``bad``: unreadable, with the reason). It is written to the folder
 
 1. ``<cache_dir>/<folder name>-<hash>/`` when a cache folder is configured (``data_cache_path``);
 2. else ``<parent>/.<folder name>.imagecache/``, beside the data, when that is writable;
-3. else ``<fallback_dir>/<folder name>-<hash>/`` (the trainer passes ``<output_path>/data_cache``).
+3. else ``<fallback_dir>/<folder name>-<hash>/`` (``src.dataset`` passes ``<output_path>/data_cache``).
 
 A later run lists the folder (names, sizes, mtimes: no file is opened) and reuses every verdict whose
 size and mtime are unchanged; only changed or added files are checked again, removed ones are dropped.
 One process builds (an exclusive lock file in the cache folder); the others wait for it and then read
 the result. Problems are reported by the caller (``report``), so a run names each bad file once.
 
-The cache folder also holds the **view**: an ImageFolder of symbolic links,
-``view/<label:05d>/<index:08d><ext>`` -> the good file (or its PNG copy), plus ``view/pad/pad.png`` (a black
-image, label -1). ``mindspore.dataset.ImageFolderDataset`` reads it natively, in manifest order: index ``i``
-of the view is ``paths[i]``, and index ``len(paths)`` is the padding image.
+The cache folder also holds the **view**: an ImageFolder of symbolic links to the usable files,
+``view/<label:05d>/<file name>`` (``<file name>.png`` -> the PNG copy of a converted file), plus
+``view/pad/pad.png`` (a black image, label -1). ``mindspore.dataset.ImageFolderDataset`` reads it
+natively; index ``i`` of the view is ``paths[i]`` (classes in order, names sorted as bytes within a
+class) and index ``len(paths)`` is the padding image. A changed folder changes only the links of the
+added or removed files.
 """
 import hashlib
 import io
@@ -41,6 +43,7 @@ __all__ = ["IMG_EXTENSIONS", "Manifest", "load_manifest", "list_image_folder", "
 _LOG = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_EXTENSION_SET = frozenset(IMG_EXTENSIONS)
 MANIFEST_NAME = "manifest.json"
 _VERSION = 1
 _LOCK_NAME = "build.lock"
@@ -147,7 +150,8 @@ def list_image_folder(folder):
         found = []
         with os.scandir(os.path.join(folder, name)) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or os.path.splitext(entry.name)[1].lower() not in IMG_EXTENSIONS:
+                dot = entry.name.rfind(".")
+                if entry.name.startswith(".") or dot < 0 or entry.name[dot:].lower() not in _EXTENSION_SET:
                     continue
                 try:
                     stat = entry.stat()
@@ -162,6 +166,7 @@ def list_image_folder(folder):
         if not found:
             empty.append(os.path.join(folder, name))
         files.extend(sorted(found))
+    problems.sort()
     if empty:
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise ValueError(f"empty class folder: {shown} (no {'/'.join(IMG_EXTENSIONS)} images); "
@@ -177,22 +182,19 @@ class Manifest:
         folder: the ImageFolder (absolute path).
         class_names: sorted class folder names; label ``i`` is ``class_names[i]``.
         paths, labels: the usable images (absolute paths) and their labels.
-        needs_pil: per image, True when MindSpore's decoder cannot read it and PIL must.
-        sources: per image, the file to read: the image itself or its PNG copy (verified manifests).
+        needs_pil: per image, True when MindSpore's decoder cannot read it and PIL must (verified
+            manifests: the view links to a PNG copy; unverified: guessed from the extension).
         problems: (path, reason) of every file left out.
-        verified: whether every image passed ``check_image``.
-        view: the cache folder's ImageFolder of links (None for unverified manifests).
+        view: the cache folder's ImageFolder of links; None when the images were not verified.
     """
 
-    def __init__(self, folder, class_names, paths, labels, needs_pil, sources, problems, verified, view):
+    def __init__(self, folder, class_names, paths, labels, needs_pil, problems, view):
         self.folder = folder
         self.class_names = class_names
         self.paths = paths
         self.labels = labels
         self.needs_pil = needs_pil
-        self.sources = sources
         self.problems = problems
-        self.verified = verified
         self.view = view
 
     @property
@@ -283,47 +285,70 @@ def _build(folder, cache, class_names, files, old, workers):
     return data
 
 
-def _view_digest(class_names, entries):
+def _view_name(entry):
+    """The link's name in the view: the file's own name (``.png`` appended for a PNG copy)."""
+    name = entry[0].split("/", 1)[1]
+    return f"{name}.png" if entry[3] == "convert" else name
+
+
+def _view_digest(class_names, labels, entries):
+    """Identifies the view's links: a file edited in place keeps its link."""
     digest = hashlib.sha1(json.dumps(class_names).encode())
-    for rel, size, mtime, verdict, _ in entries:
-        digest.update(f"{rel}\0{size}\0{mtime}\0{verdict}\n".encode())
+    for label, entry in zip(labels, entries):
+        digest.update(f"{label}/{_view_name(entry)}\n".encode())
     return digest.hexdigest()[:16]
 
 
-def _build_view(folder, cache, name, labels, entries):
-    """Write the view ``cache/name`` (see the module docstring) unless it is complete already."""
-    view = os.path.join(cache, name)
-    if os.path.isfile(os.path.join(view, ".complete")):
+def _read_text(path):
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except OSError:
+        return None
+
+
+def _update_view(folder, cache, labels, entries, digest):
+    """Bring ``cache/view`` (see the module docstring) to ``entries``: links are added and removed, the
+    others stay, so a changed folder costs one link per added or removed file."""
+    view = os.path.join(cache, "view")
+    stamp = os.path.join(view, ".complete")
+    if _read_text(stamp) == digest:
         return view
-    tmp = f"{view}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for label in sorted(set(labels)):
-        os.makedirs(os.path.join(tmp, f"{label:05d}"))
-    for index, (label, (rel, _, _, verdict, _)) in enumerate(zip(labels, entries)):
-        if verdict == "convert":
-            target, ext = os.path.join(cache, "converted", _copy_name(rel)), ".png"
-        else:
-            target, ext = os.path.join(folder, rel), os.path.splitext(rel)[1]
-        os.symlink(target, os.path.join(tmp, f"{label:05d}", f"{index:08d}{ext.lower()}"))
-    os.makedirs(os.path.join(tmp, PAD_FOLDER))
-    Image.new("RGB", (32, 32)).save(os.path.join(tmp, PAD_FOLDER, "pad.png"))
-    open(os.path.join(tmp, ".complete"), "w").close()
-    os.replace(tmp, view)
-    for other in os.listdir(cache):  # views of older manifests
-        if other.startswith("view-") and other != name and not other.endswith(".tmp"):
-            shutil.rmtree(os.path.join(cache, other), ignore_errors=True)
+    wanted = {}
+    for label, entry in zip(labels, entries):
+        target = os.path.join(cache, "converted", _copy_name(entry[0])) if entry[3] == "convert" else \
+            os.path.join(folder, entry[0])
+        wanted.setdefault(f"{label:05d}", {})[_view_name(entry)] = target
+    os.makedirs(view, exist_ok=True)
+    if os.path.exists(stamp):
+        os.remove(stamp)
+    for name in os.listdir(view):
+        if name not in wanted and name != PAD_FOLDER:
+            shutil.rmtree(os.path.join(view, name), ignore_errors=True)
+    for name, links in wanted.items():
+        class_view = os.path.join(view, name)
+        os.makedirs(class_view, exist_ok=True)
+        present = set(os.listdir(class_view))
+        for link in present - links.keys():
+            os.remove(os.path.join(class_view, link))
+        for link in links.keys() - present:
+            os.symlink(links[link], os.path.join(class_view, link))
+    pad = os.path.join(view, PAD_FOLDER, "pad.png")
+    if not os.path.isfile(pad):
+        os.makedirs(os.path.dirname(pad), exist_ok=True)
+        Image.new("RGB", (32, 32)).save(pad)
+    _atomic_write(stamp, digest.encode())
     return view
 
 
 class _BuildLock:
-    """An exclusive lock file; a lock left by a dead builder goes stale after a while."""
+    """An exclusive lock file. Waiters wait as long as the builder keeps it fresh (it touches the file
+    while it checks images); a lock untouched for ``_LOCK_STALE_S`` was left by a dead builder."""
 
-    def __init__(self, path, timeout_s):
+    def __init__(self, path):
         self.path = path
-        self.timeout_s = timeout_s
 
     def __enter__(self):
-        deadline = time.monotonic() + self.timeout_s
         while True:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -337,9 +362,6 @@ class _BuildLock:
                         continue
                 except OSError:
                     continue
-            if time.monotonic() > deadline:
-                raise ValueError(f"timed out waiting for {self.path} (another process builds the image "
-                                 "manifest); remove the file if no such process runs")
             time.sleep(0.2)
 
     def __exit__(self, *exc):
@@ -349,7 +371,7 @@ class _BuildLock:
             pass
 
 
-def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=None, timeout_s=3600):
+def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=None):
     """The usable images of ``folder`` (a ``Manifest``).
 
     With ``verify``, every image is checked once (``check_image``) and the verdicts are cached (see the
@@ -364,36 +386,36 @@ def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=No
         paths = [os.path.join(folder, rel) for rel, _, _ in files]
         labels = _labels_of(class_names, files)
         needs_pil = [os.path.splitext(p)[1].lower() not in (".jpg", ".jpeg", ".png") for p in paths]
-        return Manifest(folder, class_names, paths, labels, needs_pil, list(paths), problems, False, None)
+        return Manifest(folder, class_names, paths, labels, needs_pil, problems, None)
 
     cache = cache_folder(folder, cache_dir, fallback_dir)
     manifest_path = os.path.join(cache, MANIFEST_NAME)
     data = _read_manifest(manifest_path, folder)
     if not _is_current(data, class_names, files):
-        with _BuildLock(os.path.join(cache, _LOCK_NAME), timeout_s):
+        with _BuildLock(os.path.join(cache, _LOCK_NAME)):
             data = _read_manifest(manifest_path, folder)  # another process may have built it meanwhile
             if not _is_current(data, class_names, files):
                 data = _build(folder, cache, class_names, files, data,
                               workers or min(16, 4 * (os.cpu_count() or 1)))
     entries = data["entries"]
     all_labels = _labels_of(class_names, entries)
-    good = [i for i, e in enumerate(entries) if e[3] != "bad"]
     problems += [(os.path.join(folder, e[0]), e[4]) for e in entries if e[3] == "bad"]
+    # the view's order: classes, then link names as bytes (the order ImageFolderDataset reads them in)
+    good = sorted((i for i, e in enumerate(entries) if e[3] != "bad"),
+                  key=lambda i: (all_labels[i], os.fsencode(_view_name(entries[i]))))
     kept = [entries[i] for i in good]
     labels = [all_labels[i] for i in good]
     unreadable = [os.path.join(folder, n) for i, n in enumerate(class_names) if i not in set(labels)]
     if unreadable:
         raise ValueError(f"class folder without a readable image: {', '.join(unreadable[:5])}")
-    name = f"view-{_view_digest(class_names, kept)}"
-    if not os.path.isfile(os.path.join(cache, name, ".complete")):
-        with _BuildLock(os.path.join(cache, _LOCK_NAME), timeout_s):
-            _build_view(folder, cache, name, labels, kept)
-    paths = [os.path.join(folder, e[0]) for e in kept]
-    sources = [os.path.join(cache, "converted", _copy_name(e[0])) if e[3] == "convert" else p
-               for e, p in zip(kept, paths)]
+    digest = _view_digest(class_names, labels, kept)
+    view = os.path.join(cache, "view")
+    if _read_text(os.path.join(view, ".complete")) != digest:
+        with _BuildLock(os.path.join(cache, _LOCK_NAME)):
+            _update_view(folder, cache, labels, kept, digest)
+    paths = [f"{folder}{os.sep}{e[0]}" for e in kept]
     needs_pil = [e[3] == "convert" for e in kept]
-    return Manifest(folder, class_names, paths, labels, needs_pil, sources, problems, True,
-                    os.path.join(cache, name))
+    return Manifest(folder, class_names, paths, labels, needs_pil, problems, view)
 
 
 def _labels_of(class_names, entries):

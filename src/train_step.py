@@ -24,7 +24,8 @@ Parameters of the cell besides the network's (every name starts with a prefix of
   the longest run since the reset; ``train_state.first_bad_step``: the ``global_step`` of the first skipped
   step since the reset (-1: none);
 * ``teacher.*`` (distillation): the frozen teacher, rebuilt from ``teacher_path``; not training state, so
-  ``checkpoint_parameters()`` leaves it out together with the learning-rate table.
+  ``checkpoint_parameters()`` leaves it out together with the learning-rate table (and ``momentum``, the
+  constant coefficient ``nn.Momentum`` keeps as a Parameter under ``opt: sgd``).
 """
 import mindspore as ms
 import numpy as np
@@ -293,9 +294,10 @@ class TrainStep(nn.Cell):
             ema.set_data(param.value().copy())
 
     def checkpoint_parameters(self):
-        """The Parameters a training checkpoint holds: all but the learning-rate table and the teacher."""
+        """The Parameters a training checkpoint holds: all but the learning-rate table, the teacher and SGD's
+        constant ``momentum`` coefficient."""
         return [p for p in self.get_parameters()
-                if not p.name.startswith(("learning_rate", TEACHER_PREFIX))]
+                if not p.name.startswith(("learning_rate", TEACHER_PREFIX)) and p.name != "momentum"]
 
 
 def build_train_step(config, net, learning_rate=None, rank_size=1):

@@ -1,20 +1,26 @@
-"""Input pipelines (src/dataset.py), RandAugment parsing (src/autoaugment.py), digits preparation."""
+"""Input pipelines (src/dataset.py), the image manifest (src/image_manifest.py), RandAugment parsing
+(src/autoaugment.py), digits preparation."""
 import importlib.util
 import io
 import logging
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import src.image_manifest as image_manifest
 from src.autoaugment import _magnitude_table, build_auto_augment, parse_rand_augment
-from src.dataset import (IMAGENET_MEAN, IMAGENET_STD, _workers, create_dataset, eval_resize_size,
-                         scan_image_folder)
+from src.dataset import (IMAGENET_MEAN, IMAGENET_STD, _jpeg_structure_ok, _workers, create_dataset, decode_for_eval,
+                         eval_resize_size, eval_transform, scan_image_folder)
+from src.logging import get_logger
 from src.model_utils.config import make_config
+
+pytestmark = pytest.mark.unit
 
 SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -311,3 +317,238 @@ def test_digits_pipeline(digits_root):
     labels = np.concatenate([b["label"] for b in _batches(data)])
     assert names == [str(d) for d in range(10)] and len(labels) == 359
     assert np.bincount(labels).tolist() == [36, 36, 35, 37, 36, 36, 36, 36, 35, 36]
+
+
+# --------------------------------------------------------------------------- awkward files, end to end
+def _awkward_folder(image_folder_factory):
+    """train/ with 4 good JPEGs per class, and in class_1: every kind of file the pipeline must survive.
+
+    Returns (root, {name: expected "skipping ..." kind or None for files that must decode}).
+    """
+    root = image_folder_factory(per_class=4, splits=("train",), fmt="JPEG")
+    folder = root / "train" / "class_1"
+    jpeg = (folder / "img_000.jpg").read_bytes()
+    (folder / "header_cut.jpg").write_bytes(jpeg[:300])  # kills MindSpore's native decoder (SIGFPE)
+    (folder / "scan_cut.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "garbage.jpeg").write_bytes(b"not an image" * 40)
+    (folder / "broken.jpg").symlink_to(folder / "missing.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    rng = np.random.default_rng(3)
+    rgb = Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))
+    rgb.save(folder / ".hidden.jpg")
+    rgb.save(folder / "web.webp", "WEBP")
+    rgb.convert("CMYK").save(folder / "cmyk.jpg", "JPEG")
+    rgb.convert("P").save(folder / "palette.png")
+    rgb.convert("L").save(folder / "gray.jpg")
+    Image.fromarray(rng.integers(0, 65535, (40, 48)).astype(np.uint16)).save(folder / "deep.png")
+    expected = {"header_cut.jpg": "corrupt", "scan_cut.jpg": "corrupt", "empty.png": "corrupt",
+                "garbage.jpeg": "corrupt", "broken.jpg": "unreadable", "loop.jpg": "unreadable"}
+    return root, folder, expected
+
+
+def _named(text, path):
+    return text.count(f" image: {path} (")
+
+
+def test_awkward_files_are_named_once_and_skipped(image_folder_factory, caplog):
+    root, folder, expected = _awkward_folder(image_folder_factory)
+    config = _config(root, batch_size=3, hflip=0.0, interpolation="bilinear")
+    with caplog.at_level(logging.WARNING, logger="src.dataset"):
+        data, _ = create_dataset(config, training=True)
+        batches = [b for epoch in range(2) for b in _batches(data)]
+    good = 4 + 4 + 5  # class_0, class_1's originals, webp / cmyk / palette / gray / 16-bit png
+    assert data.get_dataset_size() == good // 3 and len(batches) == 2 * (good // 3)
+    assert all(np.isfinite(b["image"]).all() and b["image"].shape == (3, 3, SIZE, SIZE) for b in batches)
+    for name, kind in expected.items():
+        assert _named(caplog.text, folder / name) == 1, name
+        assert f"skipping {kind} image: {folder / name}" in caplog.text
+    assert ".hidden" not in caplog.text and "web.webp" not in caplog.text
+    _, paths, _, needs_pil = scan_image_folder(str(root / "train"), report=False)
+    assert len(paths) == good and needs_pil[paths.index(str(folder / "web.webp"))]
+
+
+def test_unverified_folder_keeps_the_planned_steps(image_folder_factory, caplog):
+    """verify_images false: nothing checked ahead, nothing crashes, bad files named once and replaced."""
+    root, folder, expected = _awkward_folder(image_folder_factory)
+    config = _config(root, batch_size=3, hflip=0.0, verify_images=False)
+    with caplog.at_level(logging.WARNING, logger="src.dataset"):
+        data, _ = create_dataset(config, training=True)
+        listed = 4 + 4 + 5 + 4  # the four corrupt files are listed (not checked), the links are not
+        assert data.get_dataset_size() == listed // 3
+        for _ in range(2):
+            batches = _batches(data)
+            assert len(batches) == listed // 3
+            assert all(np.isfinite(b["image"]).all() for b in batches)
+        decoded = create_dataset(_config(root, eval_batch_size=50, verify_images=False, eval_path=str(root / "train")),
+                                 training=False)[0]
+        labels = np.concatenate([b["label"] for b in _batches(decoded)])
+    assert len(labels) == listed and (labels >= 0).all()  # every listed file yields one sample
+    for name in expected:
+        assert _named(caplog.text, folder / name) <= 1, name  # named once per process, however often read
+    for name in ("header_cut.jpg", "scan_cut.jpg", "empty.png", "garbage.jpeg", "broken.jpg", "loop.jpg"):
+        assert _named(caplog.text, folder / name) == 1, name
+
+
+def test_jpeg_structure_check_catches_every_truncation():
+    jpeg = _jpeg_bytes(size=(64, 48))
+    assert _jpeg_structure_ok(jpeg) and _jpeg_structure_ok(jpeg + b"\x00" * 16)
+    assert not any(_jpeg_structure_ok(jpeg[:n]) for n in range(0, len(jpeg) - 1, 7))
+
+
+def test_decode_for_eval(image_folder_factory, tmp_path):
+    root = image_folder_factory(per_class=1, splits=("val",), size=(50, 40))
+    config = _config(root, eval_image_size=SIZE)
+    transform = eval_transform(config)
+    image = decode_for_eval(str(root / "val" / "class_0" / "img_000.png"), transform)
+    assert image.shape == (3, SIZE, SIZE) and image.dtype == np.float32
+    batch = _batches(create_dataset(config, training=False)[0])[0]
+    np.testing.assert_allclose(image, batch["image"][0], atol=1e-5)  # the evaluation pipeline's result
+    (tmp_path / "cut.jpg").write_bytes(_jpeg_bytes()[:300])
+    with pytest.raises(ValueError, match="Truncated|truncated"):
+        decode_for_eval(str(tmp_path / "cut.jpg"), transform)
+
+
+def test_pipeline_warnings_reach_the_run_log_file(image_folder_factory, tmp_path):
+    root = image_folder_factory(per_class=3, splits=("val",))
+    (root / "val" / "class_1" / "bad.png").write_bytes(b"")
+    logger = get_logger(str(tmp_path / "logs"), rank=0)
+    try:
+        create_dataset(_config(root), training=False)
+    finally:
+        logger.close()
+    text = Path(logger.log_file).read_text()
+    assert text.count(f"skipping corrupt image: {root / 'val' / 'class_1' / 'bad.png'}") == 1
+    # other ranks name nothing: rank 0 reads the same manifest
+    other = get_logger(str(tmp_path / "logs1"), rank=0)
+    try:
+        create_dataset(_config(root), training=False, rank_id=1, rank_size=2)
+    finally:
+        other.close()
+    assert "bad.png" not in Path(other.log_file).read_text()
+
+
+# ------------------------------------------------------------------------------------------- manifest
+def _count_checks(monkeypatch):
+    calls = []
+    real = image_manifest.check_image
+
+    def counting(path):
+        calls.append(os.path.basename(path))
+        return real(path)
+    monkeypatch.setattr(image_manifest, "check_image", counting)
+    return calls
+
+
+def test_manifest_is_reused_and_rescans_only_changed_files(image_folder_factory, monkeypatch):
+    root = image_folder_factory(per_class=3, splits=("train",))
+    folder = root / "train"
+    calls = _count_checks(monkeypatch)
+    first = image_manifest.load_manifest(str(folder))
+    assert len(calls) == 6 and os.path.isfile(root / ".train.imagecache" / "manifest.json")
+    calls.clear()
+    again = image_manifest.load_manifest(str(folder))
+    assert calls == [] and again.paths == first.paths and again.view == first.view
+    kept_link = os.path.join(first.view, "00000", "img_000.png")
+    inode = os.lstat(kept_link).st_ino
+
+    Image.new("RGB", (30, 20), (9, 9, 9)).save(folder / "class_0" / "img_001.png")  # changed
+    os.utime(folder / "class_0" / "img_001.png", ns=(1, 1))
+    Image.new("RGB", (30, 20)).save(folder / "class_1" / "new.png")  # added
+    (folder / "class_1" / "img_000.png").unlink()  # removed
+    (folder / "class_1" / "img_002.png").write_bytes(b"broken now")  # became corrupt
+    changed = image_manifest.load_manifest(str(folder))
+    assert sorted(calls) == ["img_001.png", "img_002.png", "new.png"]
+    names = [os.path.relpath(p, folder) for p in changed.paths]
+    assert names == ["class_0/img_000.png", "class_0/img_001.png", "class_0/img_002.png", "class_1/img_001.png",
+                     "class_1/new.png"]
+    assert [p for p, _ in changed.problems] == [str(folder / "class_1" / "img_002.png")]
+    # the view is the new list, in order, and reads natively
+    links = sorted(os.listdir(os.path.join(changed.view, "00001")))
+    assert [os.readlink(os.path.join(changed.view, "00001", n)) for n in links] == changed.paths[3:]
+    assert os.lstat(kept_link).st_ino == inode  # only the links of added / removed files change
+    assert not os.path.lexists(os.path.join(first.view, "00001", "img_000.png"))
+
+
+def test_manifest_goes_to_the_configured_cache_folder(image_folder_factory, tmp_path):
+    root = image_folder_factory(per_class=4, splits=("train",))
+    cache = tmp_path / "cache"
+    data, _ = create_dataset(_config(root, data_cache_path=str(cache)), training=True)
+    assert data.get_dataset_size() == 2
+    written = list(cache.glob("train-*/manifest.json"))
+    assert len(written) == 1 and not (root / ".train.imagecache").exists()
+
+
+def test_read_only_data_uses_the_fallback_folder(image_folder_factory, tmp_path, monkeypatch):
+    root = image_folder_factory(per_class=2, splits=("train",))
+    real_access = os.access
+    monkeypatch.setattr(image_manifest.os, "access",
+                        lambda path, mode: False if ".imagecache" in str(path) else real_access(path, mode))
+    manifest = image_manifest.load_manifest(str(root / "train"), fallback_dir=str(tmp_path / "out"))
+    assert manifest.view.startswith(str(tmp_path / "out" / "train-"))
+
+
+def test_one_process_builds_the_others_wait(image_folder_factory, monkeypatch):
+    root = image_folder_factory(per_class=5, splits=("train",))
+    calls = _count_checks(monkeypatch)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(image_manifest.load_manifest(str(root / "train"))))
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 4 and len({tuple(r.paths) for r in results}) == 1 and len({r.view for r in results}) == 1
+    assert len(calls) == 10  # every file checked once, by one builder
+
+
+def test_a_stale_lock_is_taken_over(image_folder_factory):
+    root = image_folder_factory(per_class=2, splits=("train",))
+    cache = Path(image_manifest.cache_folder(str(root / "train")))
+    (cache / "build.lock").write_text("host 999999\n")
+    os.utime(cache / "build.lock", (0, 0))  # untouched for ages: its builder died
+    assert len(image_manifest.load_manifest(str(root / "train")).paths) == 4
+
+
+# --------------------------------------------------------------------------------------------- shards
+def test_training_shards_are_reshuffled_each_epoch_alike_on_all_ranks(image_folder_factory):
+    root = image_folder_factory(per_class=[9, 8], content="index", splits=("train",))
+    orders = []
+    for rank in range(3):
+        config = _config(root, batch_size=2, hflip=0.0, use_label_smooth=False, interpolation="bilinear")
+        data, _ = create_dataset(config, training=True, rank_id=rank, rank_size=3)
+        assert data.get_dataset_size() == 6 // 2  # ceil(17 / 3) = 6 per rank
+        iterator = data.create_dict_iterator(output_numpy=True, num_epochs=2)
+        orders.append([[i for b in iterator for i in _indices(b)] for _ in range(2)])
+    for epoch in range(2):
+        shards = [orders[rank][epoch] for rank in range(3)]
+        assert [len(s) for s in shards] == [6, 6, 6]
+        union = [i for s in shards for i in s]
+        assert sorted(set(union)) == list(range(17)) and len(union) - len(set(union)) == 1  # one repeat pads
+    assert orders[0][0] != orders[0][1]  # reshuffled
+    again = create_dataset(_config(root, batch_size=2, hflip=0.0, interpolation="bilinear"), training=True,
+                           rank_id=0, rank_size=3)[0].create_dict_iterator(output_numpy=True, num_epochs=2)
+    assert [[i for b in again for i in _indices(b)] for _ in range(2)] == orders[0]  # same seed, same orders
+
+
+@pytest.mark.parametrize("rank_size", [3, 4])
+def test_evaluation_counts_every_image_once_on_any_rank_count(image_folder_factory, rank_size):
+    root = image_folder_factory(per_class=[4, 3], content="index", splits=("val",))
+    real, lengths = [], set()
+    for rank in range(rank_size):
+        data, _ = create_dataset(_config(root, eval_batch_size=2), training=False, rank_id=rank, rank_size=rank_size)
+        batches = _batches(data)
+        lengths.add(sum(len(b["label"]) for b in batches))
+        real += [i for b in batches for i, label in zip(_indices(b), b["label"]) if label >= 0]
+    assert len(lengths) == 1 and sorted(real) == list(range(7))
+
+
+def test_workers_share_the_cores_of_a_server(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 192)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(192)))
+    monkeypatch.setenv("RANK_SIZE", "8")
+    assert _workers(8) == 8 and _workers(64) == 24  # 192 cores / 8 ranks, capped by the config
+    monkeypatch.setenv("RANK_SIZE", "16")  # two servers of 8: still 24 each
+    assert _workers(64) == 24
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(12)))  # pinned by the launcher
+    assert _workers(64) == 12

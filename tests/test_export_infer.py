@@ -54,9 +54,7 @@ def _inputs(batch, seed=0):
 def _small_net(name):
     ms.set_seed(0)
     kwargs = dict(SMALL)
-    if name.startswith("SwiftFormer"):
-        kwargs["fused_kernels"] = False
-    else:
+    if not name.startswith("SwiftFormer"):
         kwargs["newton_iters"] = 4  # fewer unrolled Newton steps: a smaller graph, the same operators
     net = create_model(name, num_classes=len(CLASSES), **kwargs)
     net.set_train(False)
@@ -195,7 +193,7 @@ def trained(tmp_path_factory):
     """A SwiftFormer_XS checkpoint (3 classes, class names in its metadata), images, an exported MINDIR."""
     root = tmp_path_factory.mktemp("export_cli")
     ms.set_seed(0)
-    net = create_model("SwiftFormer_XS", num_classes=len(CLASSES), fused_kernels=False)
+    net = create_model("SwiftFormer_XS", num_classes=len(CLASSES))
     ckpt = root / "sf.ckpt"
     ms.save_checkpoint(net, str(ckpt), append_dict={"class_names": json.dumps(CLASSES), "epoch_num": 2})
 

@@ -262,7 +262,7 @@ def test_export_as_a_modelarts_job(fake_moxing):
     ckpt_dir = tmp / "obs" / "bucket" / "ckpt"
     code = ("import os, sys\n"
             f"sys.path.insert(0, {str(REPO)!r})\nimport mindspore as ms\nfrom models import create_model\n"
-            "net = create_model('SwiftFormer_XS', num_classes=2, fused_kernels=False)\n"
+            "net = create_model('SwiftFormer_XS', num_classes=2)\n"
             f"ms.save_checkpoint(net, {str(ckpt_dir / 'sf.ckpt')!r})\n")
     made = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert made.returncode == 0, made.stderr

@@ -80,6 +80,19 @@ def test_outputs_parameters_and_statistics():
     assert not np.allclose(ema["ema.bn.moving_mean"], 0.0)
 
 
+def test_sgd_step_trains_and_saves_only_state():
+    net, step = _step(opt="sgd", momentum=0.9, weight_decay=1e-4)
+    x, y = _batch()
+    first = float(step(x, y)[0].asnumpy())
+    for _ in range(5):
+        loss, applied, _ = step(x, y)
+    assert bool(applied.asnumpy()) and float(loss.asnumpy()) < first
+    network_names = {p.name for p in net.get_parameters()}
+    saved = {p.name for p in step.checkpoint_parameters()}
+    assert {"moments.fc1.weight", "global_step"} <= saved
+    assert all(n in network_names or n.startswith(TRAINING_STATE_PREFIXES) for n in saved), saved - network_names
+
+
 def test_non_finite_step_changes_nothing():
     net, step = _step(model_ema=True, model_ema_decay=0.9)
     x, y = _batch()

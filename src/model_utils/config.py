@@ -139,7 +139,9 @@ _GROUPS = [
         Key("eval_image_size", "int", 224, "evaluation crop size in pixels (a multiple of 32)",
             check=_multiple_of_32),
         Key("eval_batch_size", "int", 128, "evaluation batch size per device", check=_positive),
-        Key("eval_interval", "int", 1, "evaluate every this many epochs during training", check=_positive),
+        Key("eval_interval", "int", 1,
+            "evaluate every this many epochs during training (the last epoch always); 0: no evaluation",
+            check=_non_negative),
         Key("eval_offset", "int", -1,
             "evaluate at the epochs where epoch % eval_interval == eval_offset (-1: max_epoch % eval_interval, "
             "so the last epoch is always evaluated)"),
@@ -593,7 +595,7 @@ def format_help():
     lines.append("")
     lines.append("Backbones (models.list_models()): " + ", ".join(_registered_models()))
     if KEY_ALIASES:
-        lines.append("Old spellings accepted: " + ", ".join(f"{a} -> {k}" for a, k in KEY_ALIASES.items()))
+        lines.append("Other spellings accepted: " + ", ".join(f"{a} -> {k}" for a, k in KEY_ALIASES.items()))
     for name, reason in IGNORED_KEYS.items():
         lines.append(f"Accepted and ignored: {name} ({reason})")
     return "\n".join(lines)
