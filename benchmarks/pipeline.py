@@ -7,9 +7,10 @@
 ``train/``). Both pipelines get the same workers, batch size and crop size and run in the same
 process, alternately (``--rounds`` times), so background load hits both alike:
 
-* training, ours: the soft_tiny recipe's data settings (random resized crop with interpolation
-  ``random``, flip, ``rand-m9-mstd0.5-inc1``, label smoothing; MixUp, CutMix and erasing off unless
-  given); plain: ``ImageFolderDataset`` + ``RandomCropDecodeResize`` (bilinear) + flip +
+* training, ours: the soft_tiny recipe's data settings (random resized crop with ``--interpolation``,
+  default ``random`` as the recipe, flip, ``rand-m9-mstd0.5-inc1``, label smoothing; MixUp, CutMix and
+  erasing off unless given with ``--set``); plain: ``ImageFolderDataset`` + ``RandomCropDecodeResize``
+  with the same interpolation (``random``: a ``RandomChoice`` of a bilinear and a bicubic one) + flip +
   ``RandAugment(2, 9)`` + ``Normalize`` + ``HWC2CHW``;
 * evaluation, ours: ``create_dataset(training=False)``; plain: ``ImageFolderDataset`` + ``Decode`` +
   ``Resize`` + ``CenterCrop`` + ``Normalize`` + ``HWC2CHW`` with the same resize and interpolation.
@@ -63,10 +64,14 @@ def our_config(args, root, class_num):
 
 def plain_train(args, folder):
     import mindspore.dataset as ds
+    import mindspore.dataset.transforms as T
     import mindspore.dataset.vision as V
-    from src.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from src.dataset import IMAGENET_MEAN, IMAGENET_STD, _inter
+    names = ("bilinear", "bicubic") if args.interpolation == "random" else (args.interpolation,)
+    crops = [V.RandomCropDecodeResize(args.image_size, scale=(0.08, 1.0), interpolation=_inter(name))
+             for name in names]
     data = ds.ImageFolderDataset(folder, num_parallel_workers=args.workers, shuffle=True)
-    ops = [V.RandomCropDecodeResize(args.image_size, scale=(0.08, 1.0)), V.RandomHorizontalFlip(),
+    ops = [crops[0] if len(crops) == 1 else T.RandomChoice(crops), V.RandomHorizontalFlip(),
            V.RandAugment(2, 9), V.Normalize(IMAGENET_MEAN, IMAGENET_STD), V.HWC2CHW()]
     data = data.map(ops, input_columns="image", num_parallel_workers=args.workers)
     return data.batch(args.batch_size, drop_remainder=True)

@@ -21,7 +21,7 @@ META_KEYS = ("epoch_num", "step_num", "best_acc", "class_names", "backbone")
 EMA_PREFIX = "ema."
 #: names of training state (optimizer, schedule, loss scale, EMA, train-step counters), never network weights
 TRAINING_STATE_PREFIXES = ("adam_m.", "adam_v.", "moments.", "moment1.", "moment2.", "accum.", EMA_PREFIX,
-                           "global_step", "learning_rate", "beta1_power", "beta2_power", "scale_sense",
+                           "global_step", "learning_rate", "momentum", "beta1_power", "beta2_power", "scale_sense",
                            "loss_scale", "train_state.", "current_iterator_step", "last_overflow_iterator_step")
 
 

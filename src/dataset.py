@@ -408,9 +408,7 @@ def create_dataset(config, training, rank_id=0, rank_size=1):
 
     See the module docstring for columns, dtypes and the label -1 padding convention.
     """
-    import mindspore as ms
     import mindspore.dataset as ds
-    import mindspore.dataset.transforms as T
 
     rank_id, rank_size = int(rank_id), int(rank_size)
     if rank_size < 1 or not 0 <= rank_id < rank_size:

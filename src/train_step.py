@@ -28,7 +28,6 @@ Parameters of the cell besides the network's (every name starts with a prefix of
   constant coefficient ``nn.Momentum`` keeps as a Parameter under ``opt: sgd``).
 """
 import mindspore as ms
-import numpy as np
 from mindspore import nn, ops
 from mindspore.ops import functional as F
 

@@ -23,7 +23,7 @@ class _ApplyGradients(nn.Cell):
     """Feeds three given gradients to an optimizer (graph mode)."""
 
     def __init__(self, optimizer):
-        super().__init__()
+        super().__init__(auto_prefix=False)
         self.optimizer = optimizer
 
     def construct(self, g0, g1, g2):
@@ -145,9 +145,11 @@ def test_three_training_steps_match_the_reference():
             skipped.append(tname)  # conv bias feeding a BatchNorm: zero gradient in train mode, Adam moves it by noise
             continue
         off = np.abs((after_first[name] - value) - ref["delta1." + tname].astype(np.float32)) > lr / 10
-        worst.append((off.mean(), tname))
+        worst.append((int(off.sum()) - max(1, off.size // 1000), int(off.sum()), off.size, tname))
     assert len(skipped) == 6 and len(worst) == len(before) - 6
-    assert max(worst)[0] <= 1e-3, sorted(worst)[-5:]  # measured: 2.6e-5 at most (patch_embed4.proj.0.weight)
+    # at most 1 element in 1000 of each parameter (at least 1 allowed), and of all of them together
+    assert max(worst)[0] <= 0, sorted(worst)[-5:]  # measured: 38 of 1,474,560 (patch_embed4.proj.0.weight)
+    assert sum(w[1] for w in worst) <= 1e-3 * sum(w[2] for w in worst)  # measured: 224 of 13.07M (1.7e-5)
 
     stats = [(float(np.abs(p.asnumpy() - ref["after." + torch_name[n]]).max()
                     / np.abs(ref["after." + torch_name[n]]).max()), n)

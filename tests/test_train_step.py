@@ -13,8 +13,6 @@ from models.checkpoint import TRAINING_STATE_PREFIXES  # noqa: E402
 from src.model_utils.config import make_config  # noqa: E402
 from src.train_step import build_train_step  # noqa: E402
 
-pytestmark = pytest.mark.unit
-
 ms.set_context(mode=ms.GRAPH_MODE)
 ms.set_device("CPU")
 
@@ -51,6 +49,7 @@ def _state(cell):
     return {p.name: p.asnumpy().copy() for p in cell.get_parameters()}
 
 
+@pytest.mark.unit
 def test_outputs_parameters_and_statistics():
     net, step = _step(model_ema=True, model_ema_decay=0.5)
     x, y = _batch()
@@ -80,6 +79,7 @@ def test_outputs_parameters_and_statistics():
     assert not np.allclose(ema["ema.bn.moving_mean"], 0.0)
 
 
+@pytest.mark.unit
 def test_sgd_step_trains_and_saves_only_state():
     net, step = _step(opt="sgd", momentum=0.9, weight_decay=1e-4)
     x, y = _batch()
@@ -93,6 +93,7 @@ def test_sgd_step_trains_and_saves_only_state():
     assert all(n in network_names or n.startswith(TRAINING_STATE_PREFIXES) for n in saved), saved - network_names
 
 
+@pytest.mark.unit
 def test_non_finite_step_changes_nothing():
     net, step = _step(model_ema=True, model_ema_decay=0.9)
     x, y = _batch()
@@ -116,6 +117,7 @@ def test_non_finite_step_changes_nothing():
     assert np.isfinite(before["fc1.weight"]).all() and np.isfinite(net.fc1.weight.asnumpy()).all()
 
 
+@pytest.mark.unit
 def test_dynamic_loss_scale_halves_skips_and_grows():
     ms.set_seed(0)
     net = ms.amp.auto_mixed_precision(_Tiny(), "O3")  # float16 gradients: 2^24 times the loss overflows them
@@ -139,6 +141,7 @@ def test_dynamic_loss_scale_halves_skips_and_grows():
     assert int(step.loss_scale_good_steps.asnumpy()) == 0
 
 
+@pytest.mark.unit
 def test_fixed_loss_scale_under_o3_trains():
     ms.set_seed(0)
     net = ms.amp.auto_mixed_precision(_Tiny(), "O3")
@@ -160,6 +163,7 @@ class _Losses(ms.train.Callback):
         self.outputs.append(run_context.original_args().net_outputs)
 
 
+@pytest.mark.unit
 def test_runs_under_model_train():
     import mindspore.dataset as ds
 
@@ -208,6 +212,7 @@ def _cross_entropy(logits, classes):
     return float(-logp[np.arange(len(classes)), classes].mean())
 
 
+@pytest.mark.slow  # three graphs (teacher, training step, heads) of SwiftFormer: about a minute on 2 cores
 def test_hard_distillation_moves_the_dist_head_towards_the_teacher(tmp_path):
     student, config = _distillation_setup(tmp_path)
     step = build_train_step(config, student)
@@ -235,6 +240,7 @@ def test_hard_distillation_moves_the_dist_head_towards_the_teacher(tmp_path):
     assert all(np.array_equal(p.asnumpy(), frozen[p.name]) for p in teacher.get_parameters())
 
 
+@pytest.mark.unit
 def test_distillation_configuration_errors(tmp_path):
     student, config = _distillation_setup(tmp_path, teacher_path=str(tmp_path / "missing.ckpt"))
     with pytest.raises(ValueError, match="teacher_path: Checkpoint file not found"):

@@ -1,0 +1,243 @@
+// SOFT / SOFT-Norm CPU kernels, float32, for inference and training (MindSpore "aot" Custom operators).
+//
+// Each exported function is called as
+//   int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
+// with the inputs first and the outputs last in params. Built by models/kernels/build.py (make kernels);
+// loaded by models/kernels/soft.py. None of them is differentiated by MindSpore: the cells that call them
+// define their backward (the Newton inverses' analytic gradient; the local convolution's input gradient is
+// SoftLocalConv with the flipped kernel and its weight gradient SoftLocalConvFilterGrad).
+//
+//   SoftNewtonInverse(mat [..., m, m], settings [1] = (iters)) -> V [..., m, m]
+//       SOFT: a = 1.8 / (max row sum)^2, P = A + 0.01 I, V = a P, then `iters` steps V <- 2V - V P V.
+//   SoftNewtonInverseNorm(mat [..., m, m], settings [2] = (iters, max_halvings)) -> V [..., m, m]
+//       SOFT-Norm: a = 2 / (max row sum)^2, halved while max_k sum_j |I - a A^2|_jk > 1.01 (at most
+//       max_halvings times), V = a A, then `iters` Newton steps on A.
+//   SoftLocalConv(x [B, H, W, D], w [h, 1, k, k]) -> y [B, H, W, D]
+//       per-head k x k convolution (zero 'same' padding) of a channels-last token map: channel c belongs to
+//       head c / (D / h).
+//   SoftLocalConvFilterGrad(dy [B, H, W, D], x [B, H, W, D], w [h, 1, k, k]) -> dw [h, 1, k, k]
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+// Runs body(first, end) over `tasks` tasks on up to 8 threads, at least `min_per_thread` tasks a thread.
+template <typename Body>
+void parallel_for(int64_t tasks, int64_t min_per_thread, Body body) {
+  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
+  threads = threads < 1 ? 1 : (threads > 8 ? 8 : threads);
+  const int64_t by_work = tasks / (min_per_thread < 1 ? 1 : min_per_thread);
+  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
+  if (threads <= 1) {
+    body(0, tasks);
+    return;
+  }
+  const int64_t per = (tasks + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) {
+    const int64_t s = t * per, e = (s + per < tasks) ? s + per : tasks;
+    if (s < e) pool.emplace_back(body, s, e);
+  }
+  body(0, per < tasks ? per : tasks);
+  for (auto &th : pool) th.join();
+}
+
+// c = a b for m x m row-major matrices (i-k-j order: the inner loop runs along contiguous rows).
+inline void matmul_square(const float *__restrict a, const float *__restrict b, float *__restrict c, int64_t m) {
+  for (int64_t i = 0; i < m; ++i) {
+    float *ci = c + i * m;
+    for (int64_t j = 0; j < m; ++j) ci[j] = 0.0f;
+    for (int64_t k = 0; k < m; ++k) {
+      const float aik = a[i * m + k];
+      const float *bk = b + k * m;
+      for (int64_t j = 0; j < m; ++j) ci[j] += aik * bk[j];
+    }
+  }
+}
+
+inline float max_row_sum(const float *a, int64_t m) {
+  float best = -INFINITY;
+  for (int64_t i = 0; i < m; ++i) {
+    float s = 0.0f;
+    for (int64_t j = 0; j < m; ++j) s += a[i * m + j];
+    best = s > best ? s : best;
+  }
+  return best;
+}
+
+// `iters` steps v <- 2v - v p v; work holds 2 m^2 floats.
+void newton_steps(float *__restrict v, const float *__restrict p, float *__restrict work, int64_t m, int iters) {
+  float *vp = work, *vpv = work + m * m;
+  for (int it = 0; it < iters; ++it) {
+    matmul_square(v, p, vp, m);
+    matmul_square(vp, v, vpv, m);
+    for (int64_t i = 0; i < m * m; ++i) v[i] = 2.0f * v[i] - vpv[i];
+  }
+}
+
+void newton_inverse_plain(const float *a, float *v, float *work, int64_t m, int iters) {
+  const float rs = max_row_sum(a, m);
+  const float alpha = 1.8f / (rs * rs);
+  float *p = work + 2 * m * m;
+  for (int64_t i = 0; i < m * m; ++i) p[i] = a[i];
+  for (int64_t i = 0; i < m; ++i) p[i * m + i] += 0.01f;
+  for (int64_t i = 0; i < m * m; ++i) v[i] = alpha * p[i];
+  newton_steps(v, p, work, m, iters);
+}
+
+void newton_inverse_norm(const float *a, float *v, float *work, int64_t m, int iters, int max_halvings) {
+  const float rs = max_row_sum(a, m);
+  float alpha = 2.0f / (rs * rs);
+  float *a_sq = work + 2 * m * m;
+  float *col = work + 3 * m * m;
+  matmul_square(a, a, a_sq, m);
+  for (int h = 0; h < max_halvings; ++h) {
+    for (int64_t k = 0; k < m; ++k) col[k] = 0.0f;
+    for (int64_t j = 0; j < m; ++j)
+      for (int64_t k = 0; k < m; ++k) col[k] += std::fabs((j == k ? 1.0f : 0.0f) - alpha * a_sq[j * m + k]);
+    float norm = -INFINITY;
+    for (int64_t k = 0; k < m; ++k) norm = col[k] > norm ? col[k] : norm;
+    if (norm > 1.01f) alpha = 0.5f * alpha;
+  }
+  for (int64_t i = 0; i < m * m; ++i) v[i] = alpha * a[i];
+  newton_steps(v, a, work, m, iters);
+}
+
+int64_t leading(int ndim, const int64_t *shape, int keep) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim - keep; ++i) n *= shape[i];
+  return n;
+}
+
+}  // namespace
+
+extern "C" int SoftNewtonInverse(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *a = static_cast<const float *>(params[0]);
+  const float *settings = static_cast<const float *>(params[1]);
+  float *v = static_cast<float *>(params[2]);
+  if (ndims[0] < 2) return 1;
+  const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
+  const int iters = static_cast<int>(settings[0]);
+  parallel_for(count, 1, [=](int64_t s, int64_t e) {
+    std::vector<float> work(3 * m * m);
+    for (int64_t i = s; i < e; ++i) newton_inverse_plain(a + i * m * m, v + i * m * m, work.data(), m, iters);
+  });
+  return 0;
+}
+
+extern "C" int SoftNewtonInverseNorm(int, void **params, int *ndims, int64_t **shapes, const char **, void *,
+                                     void *) {
+  const float *a = static_cast<const float *>(params[0]);
+  const float *settings = static_cast<const float *>(params[1]);
+  float *v = static_cast<float *>(params[2]);
+  if (ndims[0] < 2) return 1;
+  const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
+  const int iters = static_cast<int>(settings[0]), max_halvings = static_cast<int>(settings[1]);
+  parallel_for(count, 1, [=](int64_t s, int64_t e) {
+    std::vector<float> work(3 * m * m + m);
+    for (int64_t i = s; i < e; ++i)
+      newton_inverse_norm(a + i * m * m, v + i * m * m, work.data(), m, iters, max_halvings);
+  });
+  return 0;
+}
+
+namespace {
+
+// Per-channel weights [k, k, D] from per-head ones [h, 1, k, k].
+std::vector<float> expand_weights(const float *w, int64_t heads, int64_t k, int64_t dim) {
+  const int64_t per_head = dim / heads;
+  std::vector<float> out(k * k * dim);
+  for (int64_t t = 0; t < k * k; ++t)
+    for (int64_t c = 0; c < dim; ++c) out[t * dim + c] = w[(c / per_head) * k * k + t];
+  return out;
+}
+
+}  // namespace
+
+extern "C" int SoftLocalConv(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *w = static_cast<const float *>(params[1]);
+  float *y = static_cast<float *>(params[2]);
+  if (ndims[0] != 4 || ndims[1] != 4) return 1;
+  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], D = shapes[0][3];
+  const int64_t heads = shapes[1][0], k = shapes[1][2], pad = k / 2;
+  if (D % heads) return 1;
+  const std::vector<float> wexp = expand_weights(w, heads, k, D);
+  const float *we = wexp.data();
+  parallel_for(B * H, 4, [=](int64_t s, int64_t e) {
+    for (int64_t row = s; row < e; ++row) {
+      const int64_t b = row / H, oy = row % H;
+      float *out_row = y + row * W * D;
+      std::memset(out_row, 0, sizeof(float) * W * D);
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = oy + ky - pad;
+        if (iy < 0 || iy >= H) continue;
+        const float *in_row = x + (b * H + iy) * W * D;
+        for (int64_t ox = 0; ox < W; ++ox) {
+          float *__restrict o = out_row + ox * D;
+          for (int64_t kx = 0; kx < k; ++kx) {
+            const int64_t ix = ox + kx - pad;
+            if (ix < 0 || ix >= W) continue;
+            const float *__restrict in = in_row + ix * D;
+            const float *__restrict wt = we + (ky * k + kx) * D;
+            for (int64_t c = 0; c < D; ++c) o[c] += wt[c] * in[c];
+          }
+        }
+      }
+    }
+  });
+  return 0;
+}
+
+extern "C" int SoftLocalConvFilterGrad(int, void **params, int *ndims, int64_t **shapes, const char **, void *,
+                                       void *) {
+  const float *dy = static_cast<const float *>(params[0]);
+  const float *x = static_cast<const float *>(params[1]);
+  float *dw = static_cast<float *>(params[3]);
+  if (ndims[0] != 4 || ndims[2] != 4) return 1;
+  const int64_t B = shapes[0][0], H = shapes[0][1], W = shapes[0][2], D = shapes[0][3];
+  const int64_t heads = shapes[2][0], k = shapes[2][2], pad = k / 2, per_head = D / heads;
+  if (D % heads) return 1;
+  // each thread sums its rows into its own [k, k, D] table; the tables are then added in a fixed order
+  const int64_t rows = B * H;
+  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
+  threads = threads < 1 ? 1 : (threads > 8 ? 8 : threads);
+  if (rows < threads) threads = rows;
+  std::vector<std::vector<float>> partial(threads, std::vector<float>(k * k * D, 0.0f));
+  const int64_t per = (rows + threads - 1) / threads;
+  auto body = [&](int64_t t) {
+    float *acc = partial[t].data();
+    const int64_t s = t * per, e = (s + per < rows) ? s + per : rows;
+    for (int64_t row = s; row < e; ++row) {
+      const int64_t b = row / H, oy = row % H;
+      const float *g_row = dy + row * W * D;
+      for (int64_t ky = 0; ky < k; ++ky) {
+        const int64_t iy = oy + ky - pad;
+        if (iy < 0 || iy >= H) continue;
+        const float *in_row = x + (b * H + iy) * W * D;
+        for (int64_t ox = 0; ox < W; ++ox) {
+          const float *__restrict g = g_row + ox * D;
+          for (int64_t kx = 0; kx < k; ++kx) {
+            const int64_t ix = ox + kx - pad;
+            if (ix < 0 || ix >= W) continue;
+            const float *__restrict in = in_row + ix * D;
+            float *__restrict a = acc + (ky * k + kx) * D;
+            for (int64_t c = 0; c < D; ++c) a[c] += g[c] * in[c];
+          }
+        }
+      }
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(body, t);
+  body(0);
+  for (auto &th : pool) th.join();
+  for (int64_t i = 0; i < heads * k * k; ++i) dw[i] = 0.0f;
+  for (int64_t t = 0; t < threads; ++t)
+    for (int64_t tap = 0; tap < k * k; ++tap)
+      for (int64_t c = 0; c < D; ++c) dw[(c / per_head) * k * k + tap] += partial[t][tap * D + c];
+  return 0;
+}
