@@ -173,27 +173,14 @@ class Predictor:
 # ----------------------------------------------------------------------------------------------- data
 def load_image(path, transform):
     """One image file -> float32 [3, S, S] with the evaluation preprocessing; raises ValueError naming it."""
-    from src.dataset import _BAD_BYTES, _ImageFileReader, check_image  # pylint: disable=protected-access
-
-    ok, needs_pil, reason = check_image(path)
-    if not ok:
-        raise ValueError(reason)
-    data, _ = _ImageFileReader([path], [0], [needs_pil])[0]
-    if data is _BAD_BYTES:
-        raise ValueError("decoding failed")
-    try:
-        return transform(data)
-    except Exception as err:  # pylint: disable=broad-except  (any decoder error means: this file is bad)
-        raise ValueError(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
-                         ) from None
+    from src.dataset import decode_for_eval
+    return decode_for_eval(path, transform)
 
 
 def eval_transform(config):
     """The evaluation pipeline's per-image operations, callable on encoded bytes."""
-    import mindspore.dataset.transforms as T
-
-    from src.dataset import _eval_image_ops  # pylint: disable=protected-access
-    return T.Compose(_eval_image_ops(config))
+    from src.dataset import eval_transform as pipeline_eval_transform
+    return pipeline_eval_transform(config)
 
 
 # ----------------------------------------------------------------------------------------------- names

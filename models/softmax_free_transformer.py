@@ -17,6 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
+from .kernels import soft as soft_kernels
 from .layers import Attention, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
 
 __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
@@ -64,14 +65,23 @@ class _InverseWithAnalyticGrad(nn.Cell):
 
     dL/dA = -Vᵀ (dL/dV) Vᵀ; the Newton steps themselves are never differentiated.
     Kept in float32 under mixed precision (``keep_fp32``).
+
+    With the SOFT CPU kernels built and allowed (models/kernels/soft.py), a float32 inverse runs as one
+    operator doing every Newton step of every matrix (the same arithmetic; ``use_cpu_kernels`` False
+    gives the standard operators, as export does).
     """
     keep_fp32 = True
+    #: the ``SoftKernels`` operator of the subclass
+    cpu_kernel_name = None
 
     def __init__(self, iters=20):
         super().__init__()
         if not isinstance(iters, int) or iters < 1:
             raise ValueError(f"the Newton iteration count must be a positive int, got {iters!r}")
         self.iters = iters
+        cpu = soft_kernels.load()
+        self.use_cpu_kernels = cpu is not None
+        self.cpu_inverse = getattr(cpu, self.cpu_kernel_name) if cpu is not None else None
 
     def bprop(self, mat, out, dout):
         inv_t = ops.swapaxes(out, -1, -2)
@@ -83,7 +93,11 @@ class NewtonInverse(_InverseWithAnalyticGrad):
     α = 0.9·2 / (max row sum of A)², P = A + 0.01·I, V₀ = α·P, then ``iters`` Newton steps on P.
     """
 
+    cpu_kernel_name = "newton_inverse"
+
     def construct(self, mat):
+        if self.use_cpu_kernels and mat.dtype == ms.float32:
+            return self.cpu_inverse(mat, ms.Tensor([self.iters], ms.float32))
         alpha = ops.div(1.8, ops.square(_max_row_sum(mat)))
         regularised = mat + 0.01 * _eye_like(mat)
         return _newton_steps(alpha * regularised, regularised, self.iters)
@@ -95,11 +109,16 @@ class NewtonInverseNorm(_InverseWithAnalyticGrad):
     each matrix on its own (so a sample never depends on its batch-mates); V₀ = αA; then Newton on A.
     """
 
+    cpu_kernel_name = "newton_inverse_norm"
+
     def __init__(self, iters=20, max_halvings=10):
         super().__init__(iters)
         self.max_halvings = max_halvings
 
     def construct(self, mat):
+        if self.use_cpu_kernels and mat.dtype == ms.float32:
+            settings = ms.Tensor([self.iters, self.max_halvings], ms.float32)
+            return self.cpu_inverse(mat, settings)
         alpha = ops.div(2.0, ops.square(_max_row_sum(mat)))
         eye = _eye_like(mat)
         mat_sq = ops.matmul(mat, mat)  # A·(αA) = α·A², so A² is formed once for every trial α
@@ -194,19 +213,13 @@ class SoftAttention(nn.Cell):
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
-    def local_term(self, v, height, width):
-        """Per-head k x k conv over the token map, v [B, h, N, d] -> [B, h, N, d]."""
-        b, h, n, d = v.shape
-        grid = v.reshape(b, h, height, width, d).transpose(0, 4, 1, 2, 3).reshape(b * d, h, height, width)
-        out = self.local_conv(grid).reshape(b, d, h, n)
-        return out.transpose(0, 2, 3, 1)
-
     def construct(self, x, height, width):
+        v = self.v(x)
         q = self.split_heads(self.q(x)) * self.q_scale
-        v = self.split_heads(self.v(x))
-        out = self.kernel(q, v, height, width) + self.local_term(v, height, width)
-        b, _, n, _ = out.shape
-        return self.proj(out.transpose(0, 2, 1, 3).reshape(b, n, -1))
+        global_term = self.kernel(q, self.split_heads(v), height, width)          # [B, h, N, d]
+        b, _, n, _ = global_term.shape
+        out = global_term.transpose(0, 2, 1, 3).reshape(b, n, -1) + self.local_conv.on_tokens(v, height, width)
+        return self.proj(out)
 
 
 class SoftBlock(nn.Cell):

@@ -53,6 +53,7 @@ import io
 import logging
 import math
 import os
+import threading
 
 import numpy as np
 from PIL import Image
@@ -70,6 +71,7 @@ IMAGENET_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
 IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 #: files this process has named as unusable (each is named once; the unverified reader replaces them)
 _UNREADABLE = set()
+_UNREADABLE_LOCK = threading.Lock()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,9 +256,12 @@ class _CheckedReader:
             try:
                 return _read_encoded(path), self.labels[candidate]
             except Exception as err:  # pylint: disable=broad-except  # any failure: this file is bad
-                _UNREADABLE.add(path)
-                _LOG.warning("skipping corrupt image: %s (%s: %s); the next image of the list takes its place",
-                             path, type(err).__name__, err)
+                with _UNREADABLE_LOCK:  # the reader's threads may meet the same file at once
+                    first = path not in _UNREADABLE
+                    _UNREADABLE.add(path)
+                if first:
+                    _LOG.warning("skipping corrupt image: %s (%s: %s); the next image of the list takes its place",
+                                 path, type(err).__name__, err)
         raise ValueError(f"no readable image among the {len(self.paths)} files of the dataset")
 
 

@@ -42,7 +42,7 @@ def test_two_cpu_workers_train_identically_and_evaluate_exactly(digits_root, tmp
     assert proc.returncode == 0, f"msrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n" + \
         "\n".join(text[-2000:] for text in logs.values())
 
-    ckpt_dir = out / "outputs"
+    ckpt_dir = out  # the demo config saves into output_path; each rank into rank<R>/ with save_all_ranks
     ranks = [ms.load_checkpoint(str(next((ckpt_dir / f"rank{r}").glob("soft_tiny-2_*.ckpt")))) for r in (0, 1)]
     weights = [name for name in ranks[0] if not name.startswith(("adam_", "learning_rate", "global_step",
                                                                   "epoch_num", "step_num", "best_acc",

@@ -17,6 +17,9 @@
 //       head c / (D / h).
 //   SoftLocalConvFilterGrad(dy [B, H, W, D], x [B, H, W, D], w [h, 1, k, k]) -> dw [h, 1, k, k]
 #include <cmath>
+#ifdef __FMA__
+#include <immintrin.h>
+#endif
 #include <cstdint>
 #include <cstring>
 #include <thread>
@@ -45,65 +48,143 @@ void parallel_for(int64_t tasks, int64_t min_per_thread, Body body) {
   for (auto &th : pool) th.join();
 }
 
-// c = a b for m x m row-major matrices (i-k-j order: the inner loop runs along contiguous rows).
-inline void matmul_square(const float *__restrict a, const float *__restrict b, float *__restrict c, int64_t m) {
-  for (int64_t i = 0; i < m; ++i) {
-    float *ci = c + i * m;
-    for (int64_t j = 0; j < m; ++j) ci[j] = 0.0f;
+typedef float v8 __attribute__((vector_size(32)));
+
+// s * b + acc, fused where the target has FMA
+inline v8 multiply_add(float s, v8 b, v8 acc) {
+#ifdef __FMA__
+  return (v8)_mm256_fmadd_ps(_mm256_set1_ps(s), (__m256)b, (__m256)acc);
+#else
+  return acc + s * b;
+#endif
+}
+
+// The Newton kernels keep every m x m matrix in rows of mp = m rounded up to 8 floats, zero beyond column m
+// (products of such matrices stay zero there), so that rows are whole 8-float vectors.
+inline int64_t padded(int64_t m) { return (m + 7) / 8 * 8; }
+
+// c = a b for two rows at a time with NV vectors a row held in registers (NV <= 7 fits 16 AVX registers).
+template <int NV>
+void matmul_vectors(const float *__restrict a, const float *__restrict b, float *__restrict c, int64_t m,
+                    int64_t mp) {
+  for (int64_t i = 0; i < m; i += 2) {
+    const bool pair = i + 1 < m;
+    v8 acc0[NV], acc1[NV];
+    for (int v = 0; v < NV; ++v) acc0[v] = acc1[v] = v8{};
+    const float *a0 = a + i * mp, *a1 = a + (pair ? i + 1 : i) * mp;
     for (int64_t k = 0; k < m; ++k) {
-      const float aik = a[i * m + k];
-      const float *bk = b + k * m;
-      for (int64_t j = 0; j < m; ++j) ci[j] += aik * bk[j];
+      const float s0 = a0[k], s1 = a1[k];
+      const float *bk = b + k * mp;
+      for (int v = 0; v < NV; ++v) {
+        v8 bv;
+        std::memcpy(&bv, bk + 8 * v, sizeof(bv));
+        acc0[v] = multiply_add(s0, bv, acc0[v]);
+        acc1[v] = multiply_add(s1, bv, acc1[v]);
+      }
+    }
+    for (int v = 0; v < NV; ++v) std::memcpy(c + i * mp + 8 * v, &acc0[v], sizeof(v8));
+    if (pair)
+      for (int v = 0; v < NV; ++v) std::memcpy(c + (i + 1) * mp + 8 * v, &acc1[v], sizeof(v8));
+  }
+}
+
+// c = a b, padded m x m matrices (row stride mp).
+void matmul_square(const float *__restrict a, const float *__restrict b, float *__restrict c, int64_t m,
+                   int64_t mp) {
+  switch (mp / 8) {
+    case 1: return matmul_vectors<1>(a, b, c, m, mp);
+    case 2: return matmul_vectors<2>(a, b, c, m, mp);
+    case 3: return matmul_vectors<3>(a, b, c, m, mp);
+    case 4: return matmul_vectors<4>(a, b, c, m, mp);
+    case 5: return matmul_vectors<5>(a, b, c, m, mp);
+    case 6: return matmul_vectors<6>(a, b, c, m, mp);
+    case 7: return matmul_vectors<7>(a, b, c, m, mp);
+    default: break;
+  }
+  for (int64_t i = 0; i < m; ++i) {
+    float *ci = c + i * mp;
+    for (int64_t j = 0; j < mp; ++j) ci[j] = 0.0f;
+    for (int64_t k = 0; k < m; ++k) {
+      const float aik = a[i * mp + k];
+      const float *bk = b + k * mp;
+      for (int64_t j = 0; j < mp; ++j) ci[j] += aik * bk[j];
     }
   }
 }
 
-inline float max_row_sum(const float *a, int64_t m) {
+// the padded copy of an m x m matrix
+void load_padded(const float *src, float *dst, int64_t m, int64_t mp) {
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < m; ++j) dst[i * mp + j] = src[i * m + j];
+    for (int64_t j = m; j < mp; ++j) dst[i * mp + j] = 0.0f;
+  }
+}
+
+void store_unpadded(const float *src, float *dst, int64_t m, int64_t mp) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < m; ++j) dst[i * m + j] = src[i * mp + j];
+}
+
+inline float max_row_sum(const float *a, int64_t m, int64_t mp) {
   float best = -INFINITY;
   for (int64_t i = 0; i < m; ++i) {
     float s = 0.0f;
-    for (int64_t j = 0; j < m; ++j) s += a[i * m + j];
+    for (int64_t j = 0; j < m; ++j) s += a[i * mp + j];
     best = s > best ? s : best;
   }
   return best;
 }
 
-// `iters` steps v <- 2v - v p v; work holds 2 m^2 floats.
-void newton_steps(float *__restrict v, const float *__restrict p, float *__restrict work, int64_t m, int iters) {
-  float *vp = work, *vpv = work + m * m;
+// Scratch of one thread: five padded matrices and a row.
+struct Work {
+  explicit Work(int64_t m) : m(m), mp(padded(m)), buf(5 * m * padded(m) + padded(m)) {}
+  float *matrix(int i) { return buf.data() + i * m * mp; }
+  int64_t m, mp;
+  std::vector<float> buf;
+};
+
+// `iters` steps v <- 2v - v p v on padded matrices.
+void newton_steps(float *__restrict v, const float *__restrict p, Work &work, int iters) {
+  const int64_t m = work.m, mp = work.mp;
+  float *vp = work.matrix(3), *vpv = work.matrix(4);
   for (int it = 0; it < iters; ++it) {
-    matmul_square(v, p, vp, m);
-    matmul_square(vp, v, vpv, m);
-    for (int64_t i = 0; i < m * m; ++i) v[i] = 2.0f * v[i] - vpv[i];
+    matmul_square(v, p, vp, m, mp);
+    matmul_square(vp, v, vpv, m, mp);
+    for (int64_t i = 0; i < m * mp; ++i) v[i] = 2.0f * v[i] - vpv[i];
   }
 }
 
-void newton_inverse_plain(const float *a, float *v, float *work, int64_t m, int iters) {
-  const float rs = max_row_sum(a, m);
+void newton_inverse_plain(const float *a_in, float *v_out, Work &work, int iters) {
+  const int64_t m = work.m, mp = work.mp;
+  float *p = work.matrix(0), *v = work.matrix(1);
+  load_padded(a_in, p, m, mp);
+  const float rs = max_row_sum(p, m, mp);
   const float alpha = 1.8f / (rs * rs);
-  float *p = work + 2 * m * m;
-  for (int64_t i = 0; i < m * m; ++i) p[i] = a[i];
-  for (int64_t i = 0; i < m; ++i) p[i * m + i] += 0.01f;
-  for (int64_t i = 0; i < m * m; ++i) v[i] = alpha * p[i];
-  newton_steps(v, p, work, m, iters);
+  for (int64_t i = 0; i < m; ++i) p[i * mp + i] += 0.01f;
+  for (int64_t i = 0; i < m * mp; ++i) v[i] = alpha * p[i];
+  newton_steps(v, p, work, iters);
+  store_unpadded(v, v_out, m, mp);
 }
 
-void newton_inverse_norm(const float *a, float *v, float *work, int64_t m, int iters, int max_halvings) {
-  const float rs = max_row_sum(a, m);
+void newton_inverse_norm(const float *a_in, float *v_out, Work &work, int iters, int max_halvings) {
+  const int64_t m = work.m, mp = work.mp;
+  float *a = work.matrix(0), *v = work.matrix(1), *a_sq = work.matrix(2);
+  float *col = work.buf.data() + 5 * m * mp;
+  load_padded(a_in, a, m, mp);
+  const float rs = max_row_sum(a, m, mp);
   float alpha = 2.0f / (rs * rs);
-  float *a_sq = work + 2 * m * m;
-  float *col = work + 3 * m * m;
-  matmul_square(a, a, a_sq, m);
+  matmul_square(a, a, a_sq, m, mp);
   for (int h = 0; h < max_halvings; ++h) {
     for (int64_t k = 0; k < m; ++k) col[k] = 0.0f;
     for (int64_t j = 0; j < m; ++j)
-      for (int64_t k = 0; k < m; ++k) col[k] += std::fabs((j == k ? 1.0f : 0.0f) - alpha * a_sq[j * m + k]);
+      for (int64_t k = 0; k < m; ++k) col[k] += std::fabs((j == k ? 1.0f : 0.0f) - alpha * a_sq[j * mp + k]);
     float norm = -INFINITY;
     for (int64_t k = 0; k < m; ++k) norm = col[k] > norm ? col[k] : norm;
     if (norm > 1.01f) alpha = 0.5f * alpha;
   }
-  for (int64_t i = 0; i < m * m; ++i) v[i] = alpha * a[i];
-  newton_steps(v, a, work, m, iters);
+  for (int64_t i = 0; i < m * mp; ++i) v[i] = alpha * a[i];
+  newton_steps(v, a, work, iters);
+  store_unpadded(v, v_out, m, mp);
 }
 
 int64_t leading(int ndim, const int64_t *shape, int keep) {
@@ -122,8 +203,8 @@ extern "C" int SoftNewtonInverse(int, void **params, int *ndims, int64_t **shape
   const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
   const int iters = static_cast<int>(settings[0]);
   parallel_for(count, 1, [=](int64_t s, int64_t e) {
-    std::vector<float> work(3 * m * m);
-    for (int64_t i = s; i < e; ++i) newton_inverse_plain(a + i * m * m, v + i * m * m, work.data(), m, iters);
+    Work work(m);
+    for (int64_t i = s; i < e; ++i) newton_inverse_plain(a + i * m * m, v + i * m * m, work, iters);
   });
   return 0;
 }
@@ -137,9 +218,8 @@ extern "C" int SoftNewtonInverseNorm(int, void **params, int *ndims, int64_t **s
   const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
   const int iters = static_cast<int>(settings[0]), max_halvings = static_cast<int>(settings[1]);
   parallel_for(count, 1, [=](int64_t s, int64_t e) {
-    std::vector<float> work(3 * m * m + m);
-    for (int64_t i = s; i < e; ++i)
-      newton_inverse_norm(a + i * m * m, v + i * m * m, work.data(), m, iters, max_halvings);
+    Work work(m);
+    for (int64_t i = s; i < e; ++i) newton_inverse_norm(a + i * m * m, v + i * m * m, work, iters, max_halvings);
   });
   return 0;
 }

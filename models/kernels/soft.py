@@ -1,0 +1,81 @@
+"""The SOFT / SOFT-Norm CPU kernels (``soft_cpu.cc``): Newton inverses and the per-head local convolution.
+
+Built by ``make kernels`` into ``models/kernels/build/soft_cpu-<hash>.so`` and used under the same switch as
+the other kernels (``SOFT_CPU_KERNELS``: ``auto`` uses them when built and the device target is CPU, ``0``
+never). Nothing here starts a compiler; without the library the models use MindSpore's standard operators
+and the ``models`` logger says so once.
+
+    >>> kernels = load()                     # None, or a SoftKernels
+    >>> inv = kernels.newton_inverse(k2, settings)
+"""
+import hashlib
+import logging
+import os
+
+from . import SWITCH, switch_allows
+from .build import BUILD_DIR, HERE
+
+__all__ = ["SOURCE", "SoftKernels", "library_path", "load"]
+
+SOURCE = os.path.join(HERE, "soft_cpu.cc")
+_LOGGER = logging.getLogger("models")
+_STATE = {}
+
+
+def library_path(source=SOURCE, build_dir=BUILD_DIR):
+    """Where the library built from ``source`` (as it is now) lives: ``<stem>-<source hash>.so``."""
+    with open(source, "rb") as fh:
+        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
+    stem = os.path.splitext(os.path.basename(source))[0]
+    return os.path.join(build_dir, f"{stem}-{digest}.so")
+
+
+def _first_shape(*shapes):
+    return shapes[0]
+
+
+def _filter_shape(dy, x, weight):
+    return weight
+
+
+def _first_dtype(*dtypes):
+    return dtypes[0]
+
+
+class SoftKernels:
+    """The operators of one built library (float32 only; no MindSpore gradients, the calling cells define them):
+
+    * ``newton_inverse(mat, settings)``: SOFT's Newton pseudo-inverse of every [m, m] matrix of mat [..., m, m];
+      settings = float32 [1] tensor (iterations);
+    * ``newton_inverse_norm(mat, settings)``: SOFT-Norm's, settings = float32 [2] (iterations, max halvings);
+    * ``local_conv(x, weight)``: per-head k x k convolution ('same' zero padding) of a channels-last token map
+      x [B, H, W, D] with weight [h, 1, k, k] -> [B, H, W, D];
+    * ``local_conv_filter_grad(dy, x, weight)``: its weight gradient [h, 1, k, k].
+    """
+
+    def __init__(self, path):
+        from mindspore import ops
+
+        def custom(name, shapes=_first_shape):
+            return ops.Custom(f"{path}:{name}", shapes, _first_dtype, func_type="aot")
+
+        self.path = path
+        self.newton_inverse = custom("SoftNewtonInverse")
+        self.newton_inverse_norm = custom("SoftNewtonInverseNorm")
+        self.local_conv = custom("SoftLocalConv")
+        self.local_conv_filter_grad = custom("SoftLocalConvFilterGrad", _filter_shape)
+
+
+def load():
+    """The kernels, or None when the switch forbids them or the library is not built (logged once)."""
+    if not switch_allows():
+        return None
+    path = library_path()
+    if path not in _STATE:
+        if os.path.isfile(path):
+            _STATE[path] = SoftKernels(path)
+        else:
+            _STATE[path] = None
+            _LOGGER.warning("SOFT CPU kernels not built (run `make kernels`); SOFT models use MindSpore's "
+                            "standard operators (slower). %s=0 silences this.", SWITCH)
+    return _STATE[path]
