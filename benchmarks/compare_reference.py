@@ -9,7 +9,9 @@ It reuses ../shared/bench/side_by_side.py (its PyTorch child and its ``run``: ev
 process, batch 8 at 224x224, float32, median of 5 timed calls after 2 warm-up calls, the two frameworks
 alternating ``--rounds`` times). Our side is what this project ships: ``infer`` applies the inference pass
 ``models.fuse_for_inference`` (with the CPU kernels when ``make kernels`` built them), ``train`` times the
-plain framework train cell (forward + cross-entropy + backward + AdamW), as the reference side does.
+plain framework train cell (forward + cross-entropy + backward + AdamW), as the reference side does, and
+then train.py's own step (``src.train_step.build_train_step``: the recipe's AdamW, clipping, device-side
+counters) so that its cost over the plain cell shows.
 The torch interpreter: ``python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install
 torch==2.13.0+cpu 'numpy<2' pyyaml``. Prints one line per item, then a Markdown table.
 """
@@ -41,6 +43,16 @@ if mode == "infer":
     fuse_for_inference(net)
     def step():
         net(x).asnumpy()
+elif mode == "trainstep":  # what train.py runs: the builder's network and the recipe's train step
+    from src.builder import build_network
+    from src.model_utils.config import make_config
+    from src.train_step import build_train_step
+    config = make_config({"backbone": name, "class_num": 1000, "clip_grad": 1.0, "lr_max": 1e-4})
+    net, _ = build_network(config, "train")
+    cell = build_train_step(config, net)
+    y = ms.Tensor(np.eye(1000, dtype=np.float32)[np.random.default_rng(1).integers(0, 1000, bs)])
+    def step():
+        cell(x, y)[0].asnumpy()
 else:
     class Loss(nn.Cell):
         def __init__(self, net):
@@ -73,6 +85,8 @@ def main(argv=None):
     parser.add_argument("--torch-python", default="/tmp/torch-venv/bin/python", help="a python with torch")
     parser.add_argument("--what", default=ALL, help="comma list of infer:<model> / train:<model>")
     parser.add_argument("--rounds", type=int, default=2, help="alternations per item (default 2)")
+    parser.add_argument("--no-train-step", dest="train_step", action="store_false",
+                        help="do not also time train.py's step (build_train_step) for train items")
     args = parser.parse_args(argv)
     if not (BENCH / "side_by_side.py").is_file():
         parser.error(f"{BENCH / 'side_by_side.py'} not found (put shared/ beside the clone or set SOFT_SHARED)")
@@ -92,6 +106,13 @@ def main(argv=None):
               f"ours {ours * 1000:.0f} ms {[round(t * 1000) for t in t_ours]}", flush=True)
         work = "forward" if mode == "infer" else "forward + backward + AdamW"
         rows.append(f"| {name} {work} | {ref * 1000:.0f} ms | {ours * 1000:.0f} ms | {ours / ref:.2f} |")
+        if mode == "train" and args.train_step:
+            shipped = statistics.median(side_by_side.run(sys.executable, MS_CHILD, str(BENCH / "ref"), "trainstep",
+                                                         name) for _ in range(args.rounds))
+            print(f"{item}: train.py's step (build_train_step: recipe, clipping, counters) {shipped * 1000:.0f} ms, "
+                  f"{shipped / ours:.2f} of the plain cell", flush=True)
+            rows.append(f"| {name} train.py's step (`build_train_step`) | - | {shipped * 1000:.0f} ms | "
+                        f"{shipped / ref:.2f} ({shipped / ours:.2f} x the plain cell) |")
     print("\n| work | reference | ours | ratio |\n|---|---:|---:|---:|")
     print("\n".join(rows))
     return 0

@@ -15,10 +15,17 @@ __all__ = ["fuse_for_inference", "is_fused"]
 
 
 def fuse_for_inference(net):
-    """Apply every cell's ``reparameterize()`` once (children before their parents); returns ``net``."""
+    """Apply every cell's ``reparameterize()`` once (children before their parents); returns ``net``.
+
+    Call it before the network's first graph-mode call: MindSpore keeps running a graph it compiled, so a
+    network that already ran would not change (RuntimeError then).
+    """
     net.set_train(False)
     if is_fused(net):
         return net
+    if any(getattr(cell, "compile_cache", None) for _, cell in net.cells_and_names()):
+        raise RuntimeError("fuse_for_inference(net) must run before the network's first graph-mode call "
+                           "(MindSpore keeps the graph it compiled); build the network again and fuse it first.")
     cells = [cell for _, cell in net.cells_and_names()]  # parents before children
     for cell in reversed(cells):
         hook = getattr(cell, "reparameterize", None)

@@ -38,7 +38,7 @@ from .layers import DropPath
 from .registry import register_model
 
 __all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
-           "Embedding", "Stem", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
+           "Embedding", "Stem", "GELU", "DepthwiseConv3x3", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
            "variant_overrides_from_torch"]
 
 #: variant name -> (widths C_i, depths n_i); SPEC section 5
@@ -82,6 +82,78 @@ def l2_normalize(x, axis):
     (the gradient of sqrt at 0 would make it NaN).
     """
     return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), _L2_EPS * _L2_EPS))
+
+
+class _KernelGELU(nn.Cell):
+    """The exact GELU as the CPU training kernel, with the kernel of its gradient (float32)."""
+
+    def __init__(self, cpu):
+        super().__init__()
+        self.gelu = cpu.gelu
+        self.gelu_grad = cpu.gelu_grad
+
+    def construct(self, x):
+        return self.gelu(x)
+
+    def bprop(self, x, out, dout):
+        return (self.gelu_grad(x, dout),)
+
+
+class GELU(nn.Cell):
+    """Exact GELU, x * Phi(x), any shape. Where the training kernels of ``models/kernels`` are built and
+    allowed (``SOFT_CPU_KERNELS``) a float32 input runs as one fused kernel forward and backward (MindSpore's
+    own GELU gradient is the slowest operator of a SwiftFormer training step on CPU); otherwise ``nn.GELU``.
+    """
+
+    def __init__(self):
+        super().__init__()
+        cpu = kernels.load_training()
+        self.use_training_kernels = cpu is not None
+        if self.use_training_kernels:
+            self.kernel = _KernelGELU(cpu)
+        self.act = nn.GELU(approximate=False)
+
+    def construct(self, x):
+        if self.use_training_kernels and x.dtype == ms.float32:
+            return self.kernel(x)
+        return self.act(x)
+
+
+class _KernelDepthwise3x3(nn.Cell):
+    """(x [B, C, H, W], weight [C, 1, 3, 3]) -> the 3x3 depthwise convolution (stride 1, zero padding 1) as the CPU
+    training kernel. Its input gradient is the same convolution of dout with the weight rotated by 180 degrees."""
+
+    def __init__(self, cpu):
+        super().__init__()
+        self.depthwise3x3 = cpu.depthwise3x3
+        self.filter_grad = cpu.depthwise3x3_filter_grad
+
+    def construct(self, x, weight):
+        return self.depthwise3x3(x, weight)
+
+    def bprop(self, x, weight, out, dout):
+        return self.depthwise3x3(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
+
+
+class DepthwiseConv3x3(nn.Conv2d):
+    """The 3x3 depthwise convolution of a ``ConvEncoder`` (an ``nn.Conv2d``: weight [C, 1, 3, 3], bias [C]).
+
+    Where the training kernels are built and allowed, a float32 input runs as the kernel forward and backward
+    (the oneDNN filter gradient of a depthwise convolution is several times slower than the rest of a step).
+    """
+
+    def __init__(self, dim):
+        super().__init__(dim, dim, 3, pad_mode="pad", padding=1, group=dim, has_bias=True,
+                         weight_init=TruncatedNormal(0.02), bias_init="zeros")
+        cpu = kernels.load_training()
+        self.use_training_kernels = cpu is not None
+        if self.use_training_kernels:
+            self.kernel = _KernelDepthwise3x3(cpu)
+
+    def construct(self, x):
+        if self.use_training_kernels and x.dtype == ms.float32:
+            return ops.bias_add(self.kernel(x, self.weight), self.bias)
+        return ops.bias_add(self.conv2d(x, self.weight), self.bias)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -143,10 +215,10 @@ class ConvEncoder(nn.Cell):
 
     def __init__(self, dim, hidden, drop_path=0.0):
         super().__init__()
-        self.dwconv = _conv(dim, dim, 3, group=dim)
+        self.dwconv = DepthwiseConv3x3(dim)
         self.norm = _bn(dim)
         self.pwconv1 = _conv(dim, hidden, 1)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.pwconv2 = _conv(hidden, dim, 1)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layer_scale = _layer_scale(dim, 1.0)
@@ -172,7 +244,7 @@ class ConvMlp(nn.Cell):
         super().__init__()
         self.norm1 = _bn(dim)
         self.fc1 = _conv(dim, hidden, 1)
-        self.act = nn.GELU(approximate=False)
+        self.act = GELU()
         self.fc2 = _conv(hidden, dim, 1)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
@@ -180,12 +252,23 @@ class ConvMlp(nn.Cell):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm1(x))))))
 
 
-class EfficientAdditiveAttention(nn.Cell):
-    """Efficient additive attention (one head) on tokens x [B, N, C] -> [B, N, C]:
+def _pointwise(dense, x):
+    """A Linear layer applied to every pixel of a channels-first map: x [B, C_in, H, W] -> [B, C_out, H, W].
 
-        q = l2n(x W_q^T + b_q), k = l2n(x W_k^T + b_k)   (l2n: unit L2 norm over the channels)
-        a = l2n_N(q w_g C^-0.5)                           [B, N, 1], unit L2 norm over the N tokens
-        g = sum_n a_n q_n                                 [B, 1, C], the global query
+    The same arithmetic as ``dense`` on tokens [B, H*W, C_in], run as a 1x1 convolution with its weight, so
+    the map needs no transpose into tokens and back.
+    """
+    out_ch, in_ch = dense.weight.shape
+    return ops.bias_add(ops.conv2d(x, dense.weight.reshape(out_ch, in_ch, 1, 1)), dense.bias)
+
+
+class EfficientAdditiveAttention(nn.Cell):
+    """Efficient additive attention (one head) on the tokens of a channels-first map x [B, C, H, W] -> [B, C, H, W]
+    (token n = pixel n, N = H*W; the Linear layers act on the channels of each token):
+
+        q = l2n(W_q x + b_q), k = l2n(W_k x + b_k)   (l2n: unit L2 norm over the channels of each token)
+        a = l2n_N(w_g . q C^-0.5)                      [B, 1, H, W], unit L2 norm over the N tokens
+        g = sum_n a_n q_n                              [B, C, 1, 1], the global query
         out = final(Proj(g * k) + q)
 
     Args:
@@ -203,23 +286,28 @@ class EfficientAdditiveAttention(nn.Cell):
         self.final = _dense(dim, dim)
 
     def construct(self, x):
-        query = l2_normalize(self.to_query(x), axis=-1)
-        key = l2_normalize(self.to_key(x), axis=-1)
-        weights = l2_normalize(ops.matmul(query, self.w_g) * self.scale_factor, axis=1)
-        global_query = (weights * query).sum(axis=1, keepdims=True)
-        return self.final(self.Proj(global_query * key) + query)
+        query = l2_normalize(_pointwise(self.to_query, x), axis=1)
+        key = l2_normalize(_pointwise(self.to_key, x), axis=1)
+        weights = l2_normalize(self._query_dot_w_g(query) * self.scale_factor, axis=(2, 3))
+        global_query = (weights * query).sum(axis=(2, 3), keepdims=True)
+        return _pointwise(self.final, _pointwise(self.Proj, global_query * key) + query)
+
+    def _query_dot_w_g(self, query):
+        """w_g . q_n for every token: [B, C, H, W] -> [B, 1, H, W]."""
+        return ops.conv2d(query, self.w_g.reshape(1, self.dim, 1, 1))
 
     def token_weights(self, x):
-        """The normalised token weights a of tokens x [B, N, C]: [B, N] (sum of squares over N is 1)."""
-        query = l2_normalize(self.to_query(x), axis=-1)
-        return l2_normalize(ops.matmul(query, self.w_g) * self.scale_factor, axis=1).squeeze(-1)
+        """The normalised token weights a of the map x [B, C, H, W]: [B, H*W] (sum of squares over H*W is 1)."""
+        query = l2_normalize(_pointwise(self.to_query, x), axis=1)
+        weights = l2_normalize(self._query_dot_w_g(query) * self.scale_factor, axis=(2, 3))
+        return weights.reshape(x.shape[0], -1)
 
 
 class SwiftFormerEncoder(nn.Cell):
     """Last block of a stage, [B, C, H, W] -> [B, C, H, W]:
 
         x = local_representation(x)
-        x = x + drop_path(layer_scale_1 * attn(x as tokens [B, H*W, C]))
+        x = x + drop_path(layer_scale_1 * attn(x))         (attention over the H*W tokens of x)
         x = x + drop_path(layer_scale_2 * linear(x))
 
     Args:
@@ -244,10 +332,7 @@ class SwiftFormerEncoder(nn.Cell):
         if self.inference is not None:
             return self.inference(x)
         x = self.local_representation(x)
-        b, c, h, w = x.shape
-        tokens = x.reshape(b, c, h * w).swapaxes(1, 2)
-        attended = self.attn(tokens).swapaxes(1, 2).reshape(b, c, h, w)
-        x = x + self.drop_path(self.layer_scale_1 * attended)
+        x = x + self.drop_path(self.layer_scale_1 * self.attn(x))
         return x + self.drop_path(self.layer_scale_2 * self.linear(x))
 
     def reparameterize(self):

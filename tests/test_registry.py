@@ -31,16 +31,21 @@ def test_every_published_model_has_its_published_size(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list_models(include_benchmark=True))
 def test_every_registered_model_runs_and_its_inference_pass_keeps_the_logits(name):
-    """Graph mode, a non-square input: plain evaluation, then the one-time inference pass on the same net."""
+    """Graph mode, a non-square input: plain evaluation, and the same weights through the inference pass."""
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_seed(0)
     net = create_model(name, num_classes=10)
     net.set_train(False)
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 64)).astype(np.float32))
+    twin = create_model(name, num_classes=10)
+    ms.load_param_into_net(twin, {p.name: p for p in net.get_parameters()}, strict_load=True)
+    fuse_for_inference(twin)  # before its first call: a compiled graph is kept
     plain = net(x).asnumpy()
     assert plain.shape == (2, 10) and np.isfinite(plain).all()
-    fused = fuse_for_inference(net)(x).asnumpy()
+    fused = twin(x).asnumpy()
     assert np.abs(fused - plain).max() <= 1e-5 * max(1.0, np.abs(plain).max())
+    with pytest.raises(RuntimeError, match="before the network's first"):
+        fuse_for_inference(net)
 
 
 @pytest.mark.unit

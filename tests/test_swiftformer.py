@@ -27,6 +27,7 @@ FIXTURE = FIXTURES / "SwiftFormer_XS.npz"
 PARAMS = {"SwiftFormer_XS": 3_475_360, "SwiftFormer_S": 6_092_128, "SwiftFormer_L1": 12_057_920,
           "SwiftFormer_L3": 28_494_736}
 KERNELS_BUILT = os.path.isfile(kernels.library_path())
+TRAINING_KERNELS_BUILT = os.path.isfile(kernels.build.library_path(kernels.TRAINING_SOURCE))
 
 
 @pytest.fixture(autouse=True)
@@ -250,10 +251,10 @@ def test_attention_matches_formula_and_weights_vary_over_tokens(use_kernels):
         param.set_data(ms.Tensor(rng.standard_normal(param.shape).astype(np.float32) * 0.3))
     params = {name: param.asnumpy().astype(np.float64) for name, param in attn.parameters_and_names()}
     x = rng.standard_normal((2, 16, 8, 4)).astype(np.float32)  # [B, C, H, W]
-    tokens = x.reshape(2, 16, 32).transpose(0, 2, 1).copy()    # [B, N, C]
+    tokens = x.reshape(2, 16, 32).transpose(0, 2, 1).copy()    # [B, N, C], the reference's layout
     a_ref, out_ref = _attention_reference(tokens, params)
-    a = _TokenWeights(attn)(ms.Tensor(tokens)).asnumpy()
-    out = attn(ms.Tensor(tokens)).asnumpy()
+    a = _TokenWeights(attn)(ms.Tensor(x)).asnumpy()
+    out = attn(ms.Tensor(x)).asnumpy().reshape(2, 16, 32).transpose(0, 2, 1)  # back to [B, N, C]
     assert a.shape == (2, 32)
     np.testing.assert_allclose((a * a).sum(axis=1), 1.0, rtol=1e-5)
     assert (a.max(axis=1) - a.min(axis=1) > 0.05).all(), "attention weights are constant across tokens"
@@ -335,6 +336,7 @@ def test_switch_values(monkeypatch):
 def test_without_the_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv(kernels.SWITCH, raising=False)
     monkeypatch.setattr(kernels, "library_path", lambda: str(tmp_path / "not_built.so"))
+    monkeypatch.setattr(kernels, "load_training", lambda: None)  # the training library has its own test
     with caplog.at_level(logging.WARNING, logger="models"):
         nets = [fuse_for_inference(_small()) for _ in range(2)]
     assert all(not _kernel_cells(net) for net in nets)
@@ -364,6 +366,69 @@ def test_built_kernels_are_used_by_the_fused_path_only_and_match_standard_ops(mo
     want = _eval(plain, x)
     assert rel_err(_eval(with_kernels, x), want) <= 1e-6
     assert rel_err(_eval(standard, x), want) <= 1e-6
+    assert not _training_kernel_cells(with_kernels), "the fused network keeps no training kernel"
+
+
+def _training_kernel_cells(net):
+    return [name for name, cell in net.cells_and_names() if getattr(cell, "use_training_kernels", False)]
+
+
+def test_without_the_training_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    source = tmp_path / "swiftformer_train_cpu.cc"
+    source.write_text("// never built\n")
+    monkeypatch.setattr(kernels, "TRAINING_SOURCE", str(source))
+    with caplog.at_level(logging.WARNING, logger="models"):
+        nets = [_small() for _ in range(2)]
+    assert all(not _training_kernel_cells(net) for net in nets)
+    warnings = [r for r in caplog.records if r.name == "models" and "training kernels not built" in r.getMessage()]
+    assert len(warnings) == 1
+
+
+@pytest.mark.skipif(not TRAINING_KERNELS_BUILT, reason="CPU training kernels not built (make kernels)")
+def test_training_with_kernels_matches_standard_operators(monkeypatch):
+    """Loss, every gradient and one optimizer step with the training kernels equal those of the standard operators.
+
+    (Plain SGD for the step: AdamW would blow the float32 noise of the zero gradients of biases before a
+    BatchNorm up to full-size updates of random sign.)"""
+    monkeypatch.delenv(kernels.SWITCH, raising=False)
+    factory = lambda: _small(distillation=False, layer_scale_init_value=0.5)  # noqa: E731
+    with_kernels = _randomise(factory(), seed=4)
+    used = _training_kernel_cells(with_kernels)
+    for expected in ("dwconv", "act"):
+        assert any(name.endswith(expected) for name in used), (expected, used)
+    monkeypatch.setenv(kernels.SWITCH, "0")
+    standard = _copy(with_kernels, factory)
+    assert not _training_kernel_cells(standard)
+    rng = np.random.default_rng(9)
+    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
+    sens = ms.Tensor(rng.standard_normal((2, 10)).astype(np.float32))
+    results = []
+    for net in (with_kernels, standard):
+        net.set_train(True)
+        grads = [g.asnumpy() for g in _Grads(net)(x, sens)]
+        step = nn.TrainOneStepCell(_SumLoss(net), nn.SGD(net.trainable_params(), learning_rate=0.1))
+        step.set_train(True)
+        loss = float(step(x, sens).asnumpy())
+        results.append((grads, loss, {p.name: p.asnumpy() for p in net.get_parameters()}))
+    (grads_k, loss_k, after_k), (grads_s, loss_s, after_s) = results
+    largest = max(np.abs(g).max() for g in grads_s)
+    for name, got, want in zip([p.name for p in standard.trainable_params()], grads_k, grads_s):
+        assert np.abs(got - want).max() <= 1e-5 * largest, name
+    assert abs(loss_k - loss_s) <= 1e-5 * abs(loss_s)
+    for name, want in after_s.items():  # parameters and BatchNorm statistics after the step
+        np.testing.assert_allclose(after_k[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+class _SumLoss(nn.Cell):
+    """<logits, weights>: a loss whose gradient with respect to the logits is ``weights``."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def construct(self, x, weights):
+        return (self.net(x) * weights).sum()
 
 
 _NO_COMPILER_CHILD = """

@@ -16,9 +16,13 @@ the ``models`` logger says so once.
 import logging
 import os
 
-from .build import library_path
+from . import build
+from .build import HERE, library_path
 
-__all__ = ["SWITCH", "CpuKernels", "load", "switch_allows"]
+__all__ = ["SWITCH", "CpuKernels", "TrainingKernels", "load", "load_training", "switch_allows"]
+
+#: the source of the SwiftFormer training kernels (forward + gradient operators)
+TRAINING_SOURCE = os.path.join(HERE, "swiftformer_train_cpu.cc")
 
 #: the environment variable that allows (``auto``) or forbids (``0``) the kernels
 SWITCH = "SOFT_CPU_KERNELS"
@@ -79,6 +83,60 @@ class CpuKernels:
         self.depthwise3x3 = custom("SwiftDepthwise3x3")
         self.scale_residual = custom("SwiftScaleResidual")
         self.key_query_norm = custom("SwiftKeyQueryNorm", _key_query_norm_shapes, _key_query_norm_dtypes)
+
+
+class TrainingKernels:
+    """The SwiftFormer training operators of one built library (float32; each forward has its gradient):
+
+    * ``gelu(x)`` / ``gelu_grad(x, dy)``: exact GELU and dy * GELU'(x), any shape;
+    * ``scale_residual(x, z, scale)``: x + scale[c] * z for x, z [B, C, ...], scale [C, 1, 1];
+      ``scale_residual_grad(dy, z, scale)`` -> (dz, dscale) (the gradient of x is dy);
+    * ``depthwise3x3(x, w)``: 3x3 depthwise convolution, stride 1, zero padding 1, no bias, x [B, C, H, W],
+      w [C, 1, 3, 3] (with w rotated by 180 degrees: its input gradient);
+      ``depthwise3x3_filter_grad(dy, x, w)`` -> dw [C, 1, 3, 3].
+    """
+
+    def __init__(self, path):
+        from mindspore import ops
+
+        def custom(name, shapes=_same_shape, dtypes=_same_dtype):
+            return ops.Custom(f"{path}:{name}", shapes, dtypes, func_type="aot")
+
+        self.path = path
+        self.gelu = custom("SwiftTrainGelu")
+        self.gelu_grad = custom("SwiftTrainGeluGrad")
+        self.scale_residual = custom("SwiftTrainScaleResidual")
+        self.scale_residual_grad = custom("SwiftTrainScaleResidualGrad", _residual_grad_shapes,
+                                          _residual_grad_dtypes)
+        self.depthwise3x3 = custom("SwiftTrainDepthwise3x3")
+        self.depthwise3x3_filter_grad = custom("SwiftTrainDepthwise3x3FilterGrad", _filter_grad_shape)
+
+
+def _residual_grad_shapes(dy, z, scale):
+    return dy, scale
+
+
+def _residual_grad_dtypes(dy, z, scale):
+    return dy, dy
+
+
+def _filter_grad_shape(dy, x, w):
+    return w
+
+
+def load_training():
+    """The SwiftFormer training kernels, or None when the switch forbids them or they are not built (logged once)."""
+    if not switch_allows():
+        return None
+    path = build.library_path(TRAINING_SOURCE)
+    if path not in _STATE:
+        if os.path.isfile(path):
+            _STATE[path] = TrainingKernels(path)
+        else:
+            _STATE[path] = None
+            _LOGGER.warning("SwiftFormer training kernels not built (run `make kernels`); training uses "
+                            "MindSpore's standard operators (slower). %s=0 silences this.", SWITCH)
+    return _STATE[path]
 
 
 def load():

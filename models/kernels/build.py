@@ -1,13 +1,14 @@
 """Build the optional CPU kernels: ``make kernels`` (or ``python models/kernels/build.py``).
 
-Compiles ``swiftformer_cpu.cc`` with the system C++ compiler (``$CXX``, else g++ / c++) into
-``models/kernels/build/swiftformer_cpu-<hash>.so``, where <hash> is taken from the source, so a stale
-library is never loaded. The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
+Compiles every ``models/kernels/*.cc`` (``swiftformer_cpu.cc``, ``soft_cpu.cc``) with the system C++ compiler
+(``$CXX``, else g++ / c++) into ``models/kernels/build/<stem>-<hash>.so``, where <hash> is taken from the
+source, so a stale library is never loaded. The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
 Without a compiler it says so and exits 0: the models then run on MindSpore's standard operators.
 
 This file imports nothing from the project (it runs before the requirements are installed).
 """
 import argparse
+import glob
 import hashlib
 import os
 import platform
@@ -18,15 +19,18 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE = os.path.join(HERE, "swiftformer_cpu.cc")
+#: every kernel source of the project
+SOURCES = tuple(sorted(glob.glob(os.path.join(HERE, "*.cc"))))
 BUILD_DIR = os.path.join(HERE, "build")
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
 
 
 def library_path(source=SOURCE, build_dir=BUILD_DIR):
-    """Where the library built from ``source`` (as it is now) lives."""
+    """Where the library built from ``source`` (as it is now) lives: ``<stem>-<source hash>.so``."""
     with open(source, "rb") as fh:
         digest = hashlib.sha1(fh.read()).hexdigest()[:12]
-    return os.path.join(build_dir, f"swiftformer_cpu-{digest}.so")
+    stem = os.path.splitext(os.path.basename(source))[0]
+    return os.path.join(build_dir, f"{stem}-{digest}.so")
 
 
 def _cpu_flags():
@@ -57,9 +61,9 @@ def find_compiler():
     return shutil.which(os.environ.get("CXX", "g++")) or shutil.which("c++")
 
 
-def build(force=False):
-    """Compile the library unless it is already built; returns its path. RuntimeError when it cannot."""
-    target = library_path()
+def build(source=SOURCE, force=False):
+    """Compile ``source`` unless its library is already built; returns its path. RuntimeError when it cannot."""
+    target = library_path(source)
     if os.path.isfile(target) and not force:
         return target
     if platform.system() != "Linux":
@@ -73,7 +77,7 @@ def build(force=False):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)
         os.close(fd)
         try:
-            proc = subprocess.run([cxx, *flags, "-o", tmp, SOURCE], capture_output=True, text=True, timeout=600,
+            proc = subprocess.run([cxx, *flags, "-o", tmp, source], capture_output=True, text=True, timeout=600,
                                   check=False)
             if proc.returncode == 0:
                 os.replace(tmp, target)  # atomic: two builds at once both end with a whole file
@@ -89,12 +93,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--force", action="store_true", help="rebuild even when the library exists")
     args = parser.parse_args(argv)
-    try:
-        path = build(force=args.force)
-    except RuntimeError as err:
-        print(f"CPU kernels not built ({err}); the models will use MindSpore's standard operators.")
-        return 0
-    print(f"CPU kernels: {path}")
+    for source in SOURCES:
+        try:
+            print(f"CPU kernels: {build(source, force=args.force)}")
+        except RuntimeError as err:
+            print(f"CPU kernels of {os.path.basename(source)} not built ({err}); the models will use "
+                  "MindSpore's standard operators.")
     return 0
 
 

@@ -8,26 +8,18 @@ and the ``models`` logger says so once.
     >>> kernels = load()                     # None, or a SoftKernels
     >>> inv = kernels.newton_inverse(k2, settings)
 """
-import hashlib
 import logging
 import os
 
 from . import SWITCH, switch_allows
-from .build import BUILD_DIR, HERE
+from .build import HERE, library_path
 
-__all__ = ["SOURCE", "SoftKernels", "library_path", "load"]
+__all__ = ["SOURCE", "SoftKernels", "load"]
 
+#: the source of these kernels (built by ``make kernels`` with the others)
 SOURCE = os.path.join(HERE, "soft_cpu.cc")
 _LOGGER = logging.getLogger("models")
 _STATE = {}
-
-
-def library_path(source=SOURCE, build_dir=BUILD_DIR):
-    """Where the library built from ``source`` (as it is now) lives: ``<stem>-<source hash>.so``."""
-    with open(source, "rb") as fh:
-        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
-    stem = os.path.splitext(os.path.basename(source))[0]
-    return os.path.join(build_dir, f"{stem}-{digest}.so")
 
 
 def _first_shape(*shapes):
@@ -70,7 +62,7 @@ def load():
     """The kernels, or None when the switch forbids them or the library is not built (logged once)."""
     if not switch_allows():
         return None
-    path = library_path()
+    path = library_path(SOURCE)
     if path not in _STATE:
         if os.path.isfile(path):
             _STATE[path] = SoftKernels(path)

@@ -25,7 +25,10 @@ class Attention(nn.Cell):
     def construct(self, x, height=0, width=0):
         b, n, dim = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        kv = self.kv(x).reshape(b, n, 2, self.num_heads, self.head_dim).transpose(2, 0, 3, 1, 4)
-        attn = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * self.scale, axis=-1)
-        out = ops.matmul(self.attn_drop(attn), kv[1]).transpose(0, 2, 1, 3).reshape(b, n, dim)
+        # split k / v before moving the heads: slicing the stacked [2, B, h, N, d] tensor is slow on CPU
+        k, v = ops.split(self.kv(x), dim, axis=-1)
+        k_t = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 3, 1)        # [B, h, d, N]
+        v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)          # [B, h, N, d]
+        attn = ops.softmax(ops.matmul(q, k_t) * self.scale, axis=-1)
+        out = ops.matmul(self.attn_drop(attn), v).transpose(0, 2, 1, 3).reshape(b, n, dim)
         return self.proj_drop(self.proj(out))

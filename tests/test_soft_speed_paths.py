@@ -1,0 +1,137 @@
+"""The SOFT CPU kernels (models/kernels/soft_cpu.cc) give the values and gradients of the standard operators.
+
+Each fast cell is compared with the same cell switched to MindSpore's operators (``use_cpu_kernels`` False,
+what export does). The kernel tests need the library (``make kernels``) and are skipped without it.
+"""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import ops
+
+from helpers import rel_err
+from models import create_model
+from models.export_utils import prepare_for_export
+from models.kernels import soft as soft_kernels
+from models.layers import Attention, HeadwiseConv
+from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm, SoftAttention, gaussian_kernel
+
+pytestmark = pytest.mark.unit
+
+requires_kernels = pytest.mark.skipif(soft_kernels.load() is None,
+                                      reason="SOFT CPU kernels not built (make kernels) or switched off")
+
+
+@pytest.fixture(autouse=True)
+def graph_mode():
+    ms.set_context(mode=ms.GRAPH_MODE)
+
+
+def _kernel_matrices(shape, seed=0):
+    """Gaussian-kernel matrices G(L, L) [..., m, m] of random landmarks, as SOFT inverts."""
+    marks = np.random.default_rng(seed).standard_normal(shape).astype(np.float32) * 0.4
+    marks = ms.Tensor(marks)
+    return gaussian_kernel(marks, marks)
+
+
+def _plain(cell):
+    """``cell`` with every kernel switched off (in place); returns it."""
+    for _, sub in cell.cells_and_names():
+        if hasattr(sub, "use_cpu_kernels"):
+            sub.use_cpu_kernels = False
+    return cell
+
+
+def _value_and_grads(cell, inputs, weights):
+    """Σ cell(*inputs) ⊙ weights, its input gradients and its parameter gradients (numpy)."""
+    def loss(*args):
+        return (cell(*args) * weights).sum()
+    grad_fn = ms.value_and_grad(loss, grad_position=0, weights=cell.trainable_params())
+    value, (dx, dparams) = grad_fn(*inputs)
+    return value.asnumpy(), dx.asnumpy(), [g.asnumpy() for g in dparams]
+
+
+@requires_kernels
+@pytest.mark.parametrize("cls", [NewtonInverse, NewtonInverseNorm])
+@pytest.mark.parametrize("shape", [(2, 3, 49, 8), (1, 2, 9, 4)])
+def test_newton_kernel_matches_the_standard_operators(cls, shape):
+    mat = _kernel_matrices(shape)
+    fast = cls(20)
+    assert fast.use_cpu_kernels
+    plain = _plain(cls(20))
+    assert rel_err(fast(mat).asnumpy(), plain(mat).asnumpy()) < 1e-5
+
+
+@requires_kernels
+@pytest.mark.parametrize("kernel", [3, 5, 9])
+def test_local_conv_kernel_matches_the_standard_operators_forward_and_backward(kernel):
+    rng = np.random.default_rng(kernel)
+    heads, height, width = 2, 6, 5
+    tokens = ms.Tensor(rng.standard_normal((2, height * width, heads * 4)).astype(np.float32))
+    weights = ms.Tensor(rng.standard_normal((2, height * width, heads * 4)).astype(np.float32))
+    fast = HeadwiseConv(heads, kernel)
+    plain = _plain(HeadwiseConv(heads, kernel))
+    plain.weight.set_data(fast.weight.data)
+    assert fast.use_cpu_kernels
+
+    class OnTokens(ms.nn.Cell):
+        def __init__(self, conv):
+            super().__init__()
+            self.conv = conv
+
+        def construct(self, x):
+            return self.conv.on_tokens(x, height, width)
+
+    value, dx, (dw,) = _value_and_grads(OnTokens(fast), (tokens,), weights)
+    ref_value, ref_dx, (ref_dw,) = _value_and_grads(OnTokens(plain), (tokens,), weights)
+    assert abs(value - ref_value) <= 1e-5 * abs(ref_value) + 1e-5
+    assert rel_err(dx, ref_dx) < 1e-5
+    assert rel_err(dw, ref_dw) < 1e-5
+
+
+@requires_kernels
+@pytest.mark.parametrize("norm_inverse", [False, True])
+def test_soft_attention_with_kernels_matches_the_standard_operators(norm_inverse):
+    rng = np.random.default_rng(1)
+    x = ms.Tensor(rng.standard_normal((2, 64, 16)).astype(np.float32))
+    weights = ms.Tensor(rng.standard_normal((2, 64, 16)).astype(np.float32))
+    ms.set_seed(0)
+    fast = SoftAttention(16, 2, ratio=2, local_kernel=3, norm_inverse=norm_inverse)
+    plain = _plain(SoftAttention(16, 2, ratio=2, local_kernel=3, norm_inverse=norm_inverse))
+    ms.load_param_into_net(plain, {p.name: p.data for p in fast.get_parameters()})
+
+    class Attn(ms.nn.Cell):
+        def __init__(self, attn):
+            super().__init__()
+            self.attn = attn
+
+        def construct(self, tokens):
+            return self.attn(tokens, 8, 8)
+
+    value, dx, dparams = _value_and_grads(Attn(fast), (x,), weights)
+    ref_value, ref_dx, ref_dparams = _value_and_grads(Attn(plain), (x,), weights)
+    assert abs(value - ref_value) <= 1e-5 * abs(ref_value) + 1e-5
+    assert rel_err(dx, ref_dx) < 1e-4
+    for grad, ref in zip(dparams, ref_dparams):
+        assert rel_err(grad, ref) < 1e-4
+
+
+def test_softmax_attention_split_of_k_and_v_is_the_stacked_formula():
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
+    attn = Attention(16, 4)
+    attn.set_train(False)
+    q = attn.q(x).reshape(2, 5, 4, 4).transpose(0, 2, 1, 3)
+    kv = attn.kv(x).reshape(2, 5, 2, 4, 4).transpose(2, 0, 3, 1, 4)
+    probs = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * attn.scale, axis=-1)
+    expected = attn.proj(ops.matmul(probs, kv[1]).transpose(0, 2, 1, 3).reshape(2, 5, 16))
+    assert rel_err(attn(x).asnumpy(), expected.asnumpy()) < 1e-6
+
+
+def test_switch_off_and_export_use_the_standard_operators(monkeypatch):
+    monkeypatch.setenv("SOFT_CPU_KERNELS", "0")
+    assert soft_kernels.load() is None
+    assert not NewtonInverse(2).use_cpu_kernels and not HeadwiseConv(2, 3).use_cpu_kernels
+    monkeypatch.delenv("SOFT_CPU_KERNELS")
+    net = prepare_for_export(create_model("soft_tiny", num_classes=4))
+    assert not any(getattr(cell, "use_cpu_kernels", False) for _, cell in net.cells_and_names())
