@@ -6,7 +6,8 @@ Every config key can be overridden on the command line (``--key value``). ``--re
 ``--resume auto``: the newest readable checkpoint in the checkpoint folder) continues an interrupted run.
 Exit status: 0 on success; 1 for a configuration / data / checkpoint mistake or a checkpoint that could not
 be saved (one-line message); 3 when the loss became NaN / Inf (the last good checkpoint is kept and named);
-130 / 143 when interrupted by SIGINT / SIGTERM (every saved checkpoint is intact; resume with --resume auto).
+130 / 143 when interrupted by SIGINT / SIGTERM (during Model.train MindSpore delivers a Ctrl-C as SIGTERM: 143;
+every saved checkpoint is intact; resume with --resume auto).
 """
 import sys
 

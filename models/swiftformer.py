@@ -38,7 +38,7 @@ from .layers import DropPath
 from .registry import register_model
 
 __all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
-           "Embedding", "Stem", "GELU", "DepthwiseConv3x3", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
+           "Embedding", "Stem", "GELU", "DepthwiseConv3x3", "ScaledResidual", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
            "variant_overrides_from_torch"]
 
 #: variant name -> (widths C_i, depths n_i); SPEC section 5
@@ -156,6 +156,44 @@ class DepthwiseConv3x3(nn.Conv2d):
         return ops.bias_add(self.conv2d(x, self.weight), self.bias)
 
 
+class _KernelScaledResidual(nn.Cell):
+    """(x, scale, branch) -> x + scale * branch as the CPU training kernel, with one gradient kernel for the
+    branch and the scale (the layer scale's gradient is a reduction over batch and pixels)."""
+
+    def __init__(self, cpu):
+        super().__init__()
+        self.scale_residual = cpu.scale_residual
+        self.scale_residual_grad = cpu.scale_residual_grad
+
+    def construct(self, x, scale, branch):
+        return self.scale_residual(x, branch, scale)
+
+    def bprop(self, x, scale, branch, out, dout):
+        dbranch, dscale = self.scale_residual_grad(dout, branch, scale)
+        return dout, dscale, dbranch
+
+
+class ScaledResidual(nn.Cell):
+    """(x, scale, branch) -> x + drop_path(scale * branch); x, branch [B, C, H, W], scale [C, 1, 1].
+
+    Without stochastic depth, where the training kernels are built and allowed, a float32 input runs as one
+    fused kernel forward and backward.
+    """
+
+    def __init__(self, drop_path=0.0):
+        super().__init__()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        cpu = kernels.load_training() if drop_path == 0 else None
+        self.use_training_kernels = cpu is not None
+        if self.use_training_kernels:
+            self.kernel = _KernelScaledResidual(cpu)
+
+    def construct(self, x, scale, branch):
+        if self.use_training_kernels and x.dtype == ms.float32:
+            return self.kernel(x, scale, branch)
+        return x + self.drop_path(scale * branch)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The blocks (training and plain evaluation)
 
@@ -220,20 +258,20 @@ class ConvEncoder(nn.Cell):
         self.pwconv1 = _conv(dim, hidden, 1)
         self.act = GELU()
         self.pwconv2 = _conv(hidden, dim, 1)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.residual = ScaledResidual(drop_path)  # x + drop_path(layer_scale * branch)
         self.layer_scale = _layer_scale(dim, 1.0)
         self.inference = None  # set by reparameterize()
 
     def construct(self, x):
         if self.inference is not None:
             return self.inference(x)
-        return x + self.drop_path(self.layer_scale * self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x))))))
+        return self.residual(x, self.layer_scale, self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x))))))
 
     def reparameterize(self):
         """Replace the block by ``ConvEncoderInference`` (BN folded into pwconv1)."""
         if self.inference is None:
             self.inference = ConvEncoderInference(self, kernels.load())
-            for name in ("dwconv", "norm", "pwconv1", "act", "pwconv2", "drop_path", "layer_scale"):
+            for name in ("dwconv", "norm", "pwconv1", "act", "pwconv2", "residual", "layer_scale"):
                 delattr(self, name)
 
 
@@ -323,7 +361,8 @@ class SwiftFormerEncoder(nn.Cell):
         self.local_representation = ConvEncoder(dim, dim)
         self.attn = EfficientAdditiveAttention(dim)
         self.linear = ConvMlp(dim, int(dim * mlp_ratio), drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.attn_residual = ScaledResidual(drop_path)  # x + drop_path(layer_scale_1 * attn(x))
+        self.mlp_residual = ScaledResidual(drop_path)  # x + drop_path(layer_scale_2 * linear(x))
         self.layer_scale_1 = _layer_scale(dim, layer_scale_init_value)
         self.layer_scale_2 = _layer_scale(dim, layer_scale_init_value)
         self.inference = None  # set by reparameterize()
@@ -332,14 +371,15 @@ class SwiftFormerEncoder(nn.Cell):
         if self.inference is not None:
             return self.inference(x)
         x = self.local_representation(x)
-        x = x + self.drop_path(self.layer_scale_1 * self.attn(x))
-        return x + self.drop_path(self.layer_scale_2 * self.linear(x))
+        x = self.attn_residual(x, self.layer_scale_1, self.attn(x))
+        return self.mlp_residual(x, self.layer_scale_2, self.linear(x))
 
     def reparameterize(self):
         """Replace the block by ``SwiftFormerEncoderInference`` (its local representation is fused first)."""
         if self.inference is None:
             self.inference = SwiftFormerEncoderInference(self, kernels.load())
-            for name in ("local_representation", "attn", "linear", "drop_path", "layer_scale_1", "layer_scale_2"):
+            for name in ("local_representation", "attn", "linear", "attn_residual", "mlp_residual", "layer_scale_1",
+                         "layer_scale_2"):
                 delattr(self, name)
 
 

@@ -130,6 +130,7 @@ class TrainMonitor(Callback):
     def on_train_epoch_end(self, run_context):
         cb_params = run_context.original_args()
         stats = self._checked(cb_params, cb_params.batch_num)
+        cb_params.eval_result = None  # EvalCallback fills it on evaluation epochs
         cb_params.epoch_seconds = time.time() - self._epoch_start
         cb_params.epoch_loss = float(stats["loss_sum"] / max(stats["loss_count"], 1))
 
@@ -265,7 +266,7 @@ class EpochSummary(Callback):
         global_step = cb_params.cur_epoch_num * steps
         lr = float(self.lrs[min(global_step, len(self.lrs)) - 1]) if len(self.lrs) else 0.0
         fps = self.global_batch * steps / max(seconds, 1e-9)
-        result = getattr(cb_params, "eval_result", None)
+        result = cb_params.get("eval_result")
         self.logger.info(format_epoch_line(epoch, seconds, steps, cb_params.epoch_loss, lr, fps,
                                            None if result is None else result["top1"],
                                            None if result is None else result["eval_cost"]))
@@ -414,7 +415,7 @@ class CheckpointSaver(Callback):
     def on_train_epoch_end(self, run_context):
         cb_params = run_context.original_args()
         epoch_num = cb_params.cur_epoch_num
-        result = getattr(cb_params, "eval_result", None)
+        result = cb_params.get("eval_result")
         improved = result is not None and result["top1"] > self.best_acc
         if improved:
             self.best_acc = result["top1"]

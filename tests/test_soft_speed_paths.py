@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import ops
 
 from helpers import rel_err
 from models import create_model
 from models.export_utils import prepare_for_export
 from models.kernels import soft as soft_kernels
-from models.layers import Attention, HeadwiseConv
+from models.layers import HeadwiseConv
 from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm, SoftAttention, gaussian_kernel
 
 pytestmark = pytest.mark.unit
@@ -53,9 +52,8 @@ def _value_and_grads(cell, inputs, weights):
 
 @requires_kernels
 @pytest.mark.parametrize("cls", [NewtonInverse, NewtonInverseNorm])
-@pytest.mark.parametrize("shape", [(2, 3, 49, 8), (1, 2, 9, 4)])
-def test_newton_kernel_matches_the_standard_operators(cls, shape):
-    mat = _kernel_matrices(shape)
+def test_newton_kernel_matches_the_standard_operators(cls):
+    mat = _kernel_matrices((2, 3, 49, 8))  # m = 49: SOFT's landmark count at 224 x 224
     fast = cls(20)
     assert fast.use_cpu_kernels
     plain = _plain(cls(20))
@@ -90,15 +88,15 @@ def test_local_conv_kernel_matches_the_standard_operators_forward_and_backward(k
 
 
 @requires_kernels
-@pytest.mark.parametrize("norm_inverse", [False, True])
-def test_soft_attention_with_kernels_matches_the_standard_operators(norm_inverse):
+def test_soft_norm_attention_with_kernels_matches_the_standard_operators():
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.standard_normal((2, 64, 16)).astype(np.float32))
     weights = ms.Tensor(rng.standard_normal((2, 64, 16)).astype(np.float32))
     ms.set_seed(0)
-    fast = SoftAttention(16, 2, ratio=2, local_kernel=3, norm_inverse=norm_inverse)
-    plain = _plain(SoftAttention(16, 2, ratio=2, local_kernel=3, norm_inverse=norm_inverse))
-    ms.load_param_into_net(plain, {p.name: p.data for p in fast.get_parameters()})
+    fast = SoftAttention(16, 2, ratio=2, local_kernel=3, newton_iters=4, norm_inverse=True)
+    plain = _plain(SoftAttention(16, 2, ratio=2, local_kernel=3, newton_iters=4, norm_inverse=True))
+    for ours, theirs in zip(plain.get_parameters(), fast.get_parameters()):
+        ours.set_data(theirs.data)
 
     class Attn(ms.nn.Cell):
         def __init__(self, attn):
@@ -114,18 +112,6 @@ def test_soft_attention_with_kernels_matches_the_standard_operators(norm_inverse
     assert rel_err(dx, ref_dx) < 1e-4
     for grad, ref in zip(dparams, ref_dparams):
         assert rel_err(grad, ref) < 1e-4
-
-
-def test_softmax_attention_split_of_k_and_v_is_the_stacked_formula():
-    rng = np.random.default_rng(2)
-    x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
-    attn = Attention(16, 4)
-    attn.set_train(False)
-    q = attn.q(x).reshape(2, 5, 4, 4).transpose(0, 2, 1, 3)
-    kv = attn.kv(x).reshape(2, 5, 2, 4, 4).transpose(2, 0, 3, 1, 4)
-    probs = ops.softmax(ops.matmul(q, kv[0].swapaxes(-1, -2)) * attn.scale, axis=-1)
-    expected = attn.proj(ops.matmul(probs, kv[1]).transpose(0, 2, 1, 3).reshape(2, 5, 16))
-    assert rel_err(attn(x).asnumpy(), expected.asnumpy()) < 1e-6
 
 
 def test_switch_off_and_export_use_the_standard_operators(monkeypatch):

@@ -395,7 +395,7 @@ def test_training_with_kernels_matches_standard_operators(monkeypatch):
     factory = lambda: _small(distillation=False, layer_scale_init_value=0.5)  # noqa: E731
     with_kernels = _randomise(factory(), seed=4)
     used = _training_kernel_cells(with_kernels)
-    for expected in ("dwconv", "act"):
+    for expected in ("dwconv", "act", "residual"):
         assert any(name.endswith(expected) for name in used), (expected, used)
     monkeypatch.setenv(kernels.SWITCH, "0")
     standard = _copy(with_kernels, factory)

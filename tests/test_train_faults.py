@@ -186,7 +186,9 @@ def test_an_interrupted_run_stops_at_once_and_resume_auto_skips_an_unreadable_ch
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
-    assert proc.returncode == 128 + sig, stderr[-2000:]
+    # MindSpore's runtime turns a Ctrl-C during Model.train into a SIGTERM of the process: 130 or 143
+    assert proc.returncode in ((128 + signal.SIGINT, 128 + signal.SIGTERM) if sig == signal.SIGINT else
+                               (128 + signal.SIGTERM,)), stderr[-2000:]
     assert took < 20
     errors = _error_lines(stderr)
     assert len(errors) == 1 and re.fullmatch(r"ERROR: interrupted at epoch \d+ step \d+; resume with --resume auto",
