@@ -18,6 +18,9 @@ into the convolution next to it, the attention is evaluated channels-first in a 
 kernels of ``models/kernels`` are built (``make kernels``) and allowed (``SOFT_CPU_KERNELS``, default
 ``auto``) bias + activation, the depthwise convolution, the key/query normalisation and the layer-scaled
 residuals run as fused ``Custom`` operators. The fused network gives the same outputs (<= 1e-6 relative).
+In training mode the same switch lets ``GELU``, ``DepthwiseConv3x3`` and ``ScaledResidual`` run the training
+kernels of ``models/kernels/swiftformer_train_cpu.cc`` (each with its gradient kernel; tested against the
+standard operators); the blocks' formulas do not change.
 
     >>> from models import create_model, fuse_for_inference
     >>> net = create_model("SwiftFormer_XS")            # 3,475,360 parameters
@@ -100,9 +103,10 @@ class _KernelGELU(nn.Cell):
 
 
 class GELU(nn.Cell):
-    """Exact GELU, x * Phi(x), any shape. Where the training kernels of ``models/kernels`` are built and
-    allowed (``SOFT_CPU_KERNELS``) a float32 input runs as one fused kernel forward and backward (MindSpore's
-    own GELU gradient is the slowest operator of a SwiftFormer training step on CPU); otherwise ``nn.GELU``.
+    """Exact GELU, x * Phi(x), any shape. In training mode, where the training kernels of ``models/kernels``
+    are built and allowed (``SOFT_CPU_KERNELS``), a float32 input runs as one kernel forward and backward
+    (MindSpore's own GELU gradient is several times slower on CPU); otherwise, and always in evaluation mode
+    (so that an evaluation graph exports without ``Custom`` operators), ``nn.GELU``.
     """
 
     def __init__(self):
@@ -114,7 +118,7 @@ class GELU(nn.Cell):
         self.act = nn.GELU(approximate=False)
 
     def construct(self, x):
-        if self.use_training_kernels and x.dtype == ms.float32:
+        if self.use_training_kernels and self.training and x.dtype == ms.float32:
             return self.kernel(x)
         return self.act(x)
 
@@ -138,8 +142,9 @@ class _KernelDepthwise3x3(nn.Cell):
 class DepthwiseConv3x3(nn.Conv2d):
     """The 3x3 depthwise convolution of a ``ConvEncoder`` (an ``nn.Conv2d``: weight [C, 1, 3, 3], bias [C]).
 
-    Where the training kernels are built and allowed, a float32 input runs as the kernel forward and backward
-    (the oneDNN filter gradient of a depthwise convolution is several times slower than the rest of a step).
+    In training mode, where the training kernels are built and allowed, a float32 input runs as the kernel
+    forward and backward (oneDNN's filter gradient of a depthwise convolution is the slowest operator of a
+    training step on CPU).
     """
 
     def __init__(self, dim):
@@ -151,7 +156,7 @@ class DepthwiseConv3x3(nn.Conv2d):
             self.kernel = _KernelDepthwise3x3(cpu)
 
     def construct(self, x):
-        if self.use_training_kernels and x.dtype == ms.float32:
+        if self.use_training_kernels and self.training and x.dtype == ms.float32:
             return ops.bias_add(self.kernel(x, self.weight), self.bias)
         return ops.bias_add(self.conv2d(x, self.weight), self.bias)
 
@@ -176,8 +181,8 @@ class _KernelScaledResidual(nn.Cell):
 class ScaledResidual(nn.Cell):
     """(x, scale, branch) -> x + drop_path(scale * branch); x, branch [B, C, H, W], scale [C, 1, 1].
 
-    Without stochastic depth, where the training kernels are built and allowed, a float32 input runs as one
-    fused kernel forward and backward.
+    In training mode without stochastic depth, where the training kernels are built and allowed, a float32
+    input runs as one kernel forward and backward.
     """
 
     def __init__(self, drop_path=0.0):
@@ -189,7 +194,7 @@ class ScaledResidual(nn.Cell):
             self.kernel = _KernelScaledResidual(cpu)
 
     def construct(self, x, scale, branch):
-        if self.use_training_kernels and x.dtype == ms.float32:
+        if self.use_training_kernels and self.training and x.dtype == ms.float32:
             return self.kernel(x, scale, branch)
         return x + self.drop_path(scale * branch)
 

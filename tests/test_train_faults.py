@@ -74,7 +74,8 @@ def test_batchnorm_statistics_follow_the_batch_statistics(backbone, uniform_fold
                  "--eval_image_size", "32", "--batch_size", str(batch), "--eval_batch_size", "4",
                  "--max_epoch", str(epochs), "--warmup_epochs", "0", "--lr_init", "0", "--lr_max", "0",
                  "--lr_min", "0", "--lr_decay_mode", "constant", "--eval_interval", "1", "--crop_min", "0.5",
-                 "--hflip", "0.5", "--train_num_workers", "1", "--eval_num_workers", "1", "--log_interval", "0"])
+                 "--hflip", "0.5", "--train_num_workers", "1", "--eval_num_workers", "1", "--log_interval", "0",
+                 "--model_args", "depths=[1,1,1,1]"])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     found = _epochs(proc.stdout)
     assert [int(m.group(1)) for m in found] == [0, 1] and all(m.group(7) for m in found)  # eval every epoch
