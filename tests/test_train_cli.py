@@ -153,11 +153,11 @@ def test_a_checkpoint_of_another_backbone_is_one_sentence_naming_both(resumed_ru
     best_ckpt = str(Path(run_dir["out"]) / "best.ckpt")
     for script, key in (("eval.py", "--checkpoint_file_path"), ("train.py", "--resume")):
         proc = _run([script, "--config_path", CONFIG, "--dataset_path", run_dir["data"], key, best_ckpt,
-                     "--backbone", "soft_small", "--output_path", str(Path(run_dir["out"]) / "other")] + COMMON)
+                     "--backbone", "soft_medium", "--output_path", str(Path(run_dir["out"]) / "other")] + COMMON)
         assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
         errors = _error_lines(proc.stderr)
         assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-        assert "soft_tiny" in errors[0] and "soft_small" in errors[0] and len(errors[0]) < 400, errors[0]
+        assert "soft_tiny" in errors[0] and "soft_medium" in errors[0] and len(errors[0]) < 400, errors[0]
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(resumed_run, run_dir):
