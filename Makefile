@@ -1,6 +1,6 @@
 # One command each for a fresh machine:  make demo  (train + evaluate on real data)  /  make test
 #   make test       the whole suite (what CI runs)
-#   make test-fast  the unit and parity tiers only (pytest -m "unit or parity"), a few minutes
+#   make test-fast  the unit and parity tiers without the slow tests (pytest -m "(unit or parity) and not slow")
 PYTHON ?= python3
 DIGITS_DIR ?= data/digits
 DEMO_OUT ?= output/demo
@@ -24,7 +24,7 @@ test: install-test
 	$(PYTHON) -m pytest -q $(PYTEST_PAR) tests
 
 test-fast: install-test
-	$(PYTHON) -m pytest -q $(PYTEST_PAR) -m "unit or parity" tests
+	$(PYTHON) -m pytest -q $(PYTEST_PAR) -m "(unit or parity) and not slow" tests
 
 demo: install
 	$(PYTHON) -m pip install -q scikit-learn

@@ -14,6 +14,7 @@ def run_eval(config):
     from src.builder import build_network
     from src.dataset import create_dataset
     from src.eval_engine import EvalEngine
+    from src.metric import print_eval_result
     from src.trainer import init_env
 
     rank_id, rank_size = init_env(config)
@@ -29,9 +30,7 @@ def run_eval(config):
         print(f"compile time used={compile_seconds:.2f}s", flush=True)
     result = engine.evaluate()
     if rank_id == 0:
-        print(f"accuracy={result['top1']:.6f}, per step time: {result['per_step']:.4f}s, "
-              f"total cost time: {result['eval_cost']:.4f}s", flush=True)
-        print(f"top5_accuracy={result['top5']:.6f}, images={result['count']}", flush=True)
+        print_eval_result(result)
     return result
 
 

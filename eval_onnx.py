@@ -6,7 +6,8 @@
 
 The images come from eval.py's pipeline (``src.dataset.create_dataset(config, training=False)``: the
 config's eval_path, eval_image_size, crop_pct, interpolation, normalisation and eval_batch_size), and
-are counted by eval.py's metric (``src.metric.TopKAccuracy``), so the two print the same lines:
+are counted by eval.py's metric (``src.metric.TopKAccuracy``) and printed by its ``src.metric.print_eval_result``,
+so the two print the same lines:
 
     accuracy=0.784420, per step time: 0.0123s, total cost time: 1.2345s
     top5_accuracy=0.990000, images=359
@@ -121,7 +122,7 @@ def run_eval_onnx(config):
                          f"eval_image_size is {size}; set --eval_image_size {classifier.image_size[0]}.")
 
     from src.dataset import create_dataset
-    from src.metric import TopKAccuracy
+    from src.metric import TopKAccuracy, print_eval_result
 
     dataset, class_names = create_dataset(config, training=False)
     _check_class_names(path, class_names)
@@ -138,9 +139,7 @@ def run_eval_onnx(config):
     result = metric.result()
     result["eval_cost"] = time.time() - start
     result["per_step"] = result["eval_cost"] / max(steps, 1)
-    print(f"accuracy={result['top1']:.6f}, per step time: {result['per_step']:.4f}s, "
-          f"total cost time: {result['eval_cost']:.4f}s", flush=True)
-    print(f"top5_accuracy={result['top5']:.6f}, images={result['count']}", flush=True)
+    print_eval_result(result)
     return result
 
 

@@ -10,12 +10,20 @@ classification checkpoint loads into it with its head entries dropped (``head.*`
 """
 from mindspore import nn
 
-__all__ = ["FeatureNet", "HEAD_PREFIXES", "STAGE_REDUCTIONS"]
+__all__ = ["FeatureNet", "HEAD_PREFIXES", "STAGE_REDUCTIONS", "check_out_indices"]
 
 #: checkpoint entries of classification heads, dropped when a feature extractor loads a classifier's weights
 HEAD_PREFIXES = ("head.", "dist_head.")
 #: input size / stage map size of the four stages
 STAGE_REDUCTIONS = (4, 8, 16, 32)
+
+
+def check_out_indices(out_indices, stages=len(STAGE_REDUCTIONS)):
+    """``out_indices`` as a tuple of ints; ValueError unless they are distinct stage indices in 0..stages-1."""
+    indices = tuple(int(i) for i in out_indices)
+    if not indices or any(not 0 <= i < stages for i in indices) or len(set(indices)) != len(indices):
+        raise ValueError(f"out_indices must be distinct stage indices in 0..{stages - 1}, got {out_indices!r}")
+    return indices
 
 
 class FeatureNet(nn.Cell):
@@ -26,10 +34,7 @@ class FeatureNet(nn.Cell):
 
     def __init__(self, backbone, out_indices=(0, 1, 2, 3)):
         super().__init__(auto_prefix=False)
-        indices = tuple(int(i) for i in out_indices)
-        stages = len(backbone.embed_dims)
-        if not indices or any(not 0 <= i < stages for i in indices) or len(set(indices)) != len(indices):
-            raise ValueError(f"out_indices must be distinct stage indices in 0..{stages - 1}, got {out_indices!r}")
+        indices = check_out_indices(out_indices, len(backbone.embed_dims))
         self.backbone = backbone
         self.out_indices = indices
         self.feature_info = [{"index": i, "num_chs": int(backbone.embed_dims[i]), "reduction": STAGE_REDUCTIONS[i]}

@@ -80,8 +80,9 @@ def create_model(name, num_classes=1000, pretrained=None, features_only=False, o
         if pretrained:
             load_weights(net, pretrained, model_name=name)
         return net
-    from .features import HEAD_PREFIXES, FeatureNet
+    from .features import HEAD_PREFIXES, FeatureNet, check_out_indices
 
+    check_out_indices(out_indices)  # before building: a bad value costs no model
     net = FeatureNet(_ENTRYPOINTS[name](num_classes=0, **overrides), out_indices)
     if pretrained:
         load_weights(net, pretrained, model_name=name, ignore=HEAD_PREFIXES)

@@ -70,18 +70,15 @@ require_non_negative_int() {
     fi
 }
 
-# check_extra_args USAGE ARGS...: pass-through arguments must start with --key.
-check_extra_args() {
+# take_extra_args USAGE ARGS...: the pass-through arguments after the required ones. Exits with the usage
+# line unless they start with --key; sets the array EXTRA_ARGS to ARGS with every value that names an
+# existing file or folder relative to the calling folder made absolute (Python runs from the repository root).
+take_extra_args() {
     local usage="$1"
     shift
     if [ $# -gt 0 ] && [[ "$1" != --* ]]; then
         usage_exit "$usage" "unexpected argument '$1' (extra arguments are --key value pairs)"
     fi
-}
-
-# resolve_extra_args ARGS...: sets the array EXTRA_ARGS to ARGS with every value that names an existing
-# file or folder relative to the calling folder made absolute (Python runs from the repository root).
-resolve_extra_args() {
     EXTRA_ARGS=()
     local arg key value
     for arg in "$@"; do
@@ -162,8 +159,7 @@ standalone_train_main() {
     local config
     config="$(require_file "$usage" "config file" "$1")" || exit 1
     shift
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     single_device_env "$target"
     init_log_dir "train_standalone_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
     run_logged "$LOG_FILE" "$PYTHON" train.py --config_path "$config" --device_target "$target" \
@@ -186,8 +182,7 @@ eval_main() {
         ckpt_args=(--checkpoint_file_path "$ckpt")
         shift
     fi
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     single_device_env "$target"
     init_log_dir "eval_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
     run_logged "$LOG_FILE" "$PYTHON" eval.py --config_path "$config" --device_target "$target" \
@@ -205,8 +200,7 @@ eval_onnx_main() {
     config="$(require_file "$usage" "config file" "$1")" || exit 1
     onnx="$(require_file "$usage" "ONNX file" "$2")" || exit 1
     shift 2
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     single_device_env "$target"
     init_log_dir "eval_onnx_$(echo "$target" | tr '[:upper:]' '[:lower:]')"
     run_logged "$LOG_FILE" "$PYTHON" eval_onnx.py --config_path "$config" --onnx_path "$onnx" \
@@ -263,8 +257,7 @@ msrun_train_main() {
             usage_exit "$usage" "NODE_RANK ${node_rank} is out of range: ${n} workers, ${local_n} per node make nodes 0 to $(( n / local_n - 1 ))"
         fi
     fi
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     if ! command -v "$MSRUN" >/dev/null 2>&1; then
         echo "ERROR: '$MSRUN' not found: msrun comes with MindSpore >= 2.3 (pip install mindspore)" >&2
         exit 1
@@ -298,8 +291,7 @@ slurm_train_main() {
     local config
     config="$(require_file "$usage" "config file" "$1")" || exit 1
     shift
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     [ -n "${SLURM_JOB_NODELIST:-}" ] || usage_exit "$usage" "not inside a Slurm allocation (SLURM_JOB_NODELIST is not set): submit with sbatch"
     local target="${DEVICE_TARGET:-GPU}" launcher
     case "$target" in
@@ -397,8 +389,7 @@ rank_table_train_main() {
     table="$(require_file "$usage" "rank table" "$1")" || exit 1
     config="$(require_file "$usage" "config file" "$2")" || exit 1
     shift 2
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     local rows
     rows="$(rank_table_devices "$table")" || usage_exit "$usage" "cannot read the rank table $table"
     local rank_size server_id local_n
@@ -463,8 +454,7 @@ export_main() {
         esac
         shift
     fi
-    check_extra_args "$usage" "$@"
-    resolve_extra_args "$@"
+    take_extra_args "$usage" "$@"
     init_log_dir "export"
     run_logged "$LOG_FILE" "$PYTHON" export.py --config_path "$config" --checkpoint_file_path "$ckpt" \
         --output_path "$LOG_DIR" "${format_args[@]}" "${EXTRA_ARGS[@]}"

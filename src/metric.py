@@ -5,7 +5,7 @@ the counts (correct top-1, correct top-5, samples) are summed, never the per-ran
 """
 import numpy as np
 
-__all__ = ["TopKAccuracy", "topk_correct"]
+__all__ = ["TopKAccuracy", "topk_correct", "print_eval_result"]
 
 
 def _to_numpy(x):
@@ -74,3 +74,17 @@ class TopKAccuracy:
         for k, c in zip(self.ks, self.correct):
             out[f"top{k}"] = float(c) / self.total if self.total else 0.0
         return out
+
+
+def print_eval_result(result):
+    """Print the two result lines of an evaluation (eval.py, eval_onnx.py; tests parse them)::
+
+        accuracy=0.784420, per step time: 0.0123s, total cost time: 1.2345s
+        top5_accuracy=0.990000, images=359
+
+    ``result``: ``TopKAccuracy((1, 5)).result()`` plus ``"per_step"`` and ``"eval_cost"`` (seconds), i.e.
+    ``{"top1", "top5", "count", "per_step", "eval_cost"}`` as ``src.eval_engine.EvalEngine.evaluate`` returns.
+    """
+    print(f"accuracy={result['top1']:.6f}, per step time: {result['per_step']:.4f}s, "
+          f"total cost time: {result['eval_cost']:.4f}s", flush=True)
+    print(f"top5_accuracy={result['top5']:.6f}, images={result['count']}", flush=True)

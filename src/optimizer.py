@@ -15,6 +15,7 @@ BatchNorm moving statistics are not trainable and never reach the optimizer.
 import mindspore as ms
 import numpy as np
 from mindspore import nn, ops
+from mindspore.ops import functional as F
 
 __all__ = ["parse_name_filter", "model_no_weight_decay", "uses_weight_decay", "split_weight_decay", "AdamW",
            "build_optimizer", "GradientPreprocess", "gc_mask"]
@@ -181,22 +182,52 @@ def gc_mask(params):
     return tuple(len(p.shape) >= 2 and p.name.endswith("weight") for p in params)
 
 
+_square_sum = ops.MultitypeFuncGraph("square_sum")
+
+
+@_square_sum.register("Tensor")
+def _tensor_square_sum(grad):
+    return ops.reduce_sum(ops.square(grad))
+
+
+_scale_by = ops.MultitypeFuncGraph("scale_by")
+
+
+@_scale_by.register("Tensor", "Tensor")
+def _tensor_scale_by(factor, grad):
+    return grad * ops.cast(factor, grad.dtype)
+
+
 class GradientPreprocess(nn.Cell):
-    """Gradient centralisation (conv / dense weights) then clipping to a global norm.
+    """Loss-scaled gradients -> the gradients the optimizer takes, and whether they are finite.
+
+    ``preprocess(grads, scale) -> (grads, finite)``: gradient centralisation (conv / dense weights), the
+    unscaling by ``scale`` and clipping to a global norm, in as few passes over the gradients as possible:
+    with clipping, one pass sums the squares (the global norm; a NaN or Inf anywhere makes it non-finite,
+    so it is also the finiteness check) and one pass multiplies every gradient by clip / max(norm, clip) /
+    scale; without it, ``mindspore.amp.all_finite`` and (for a scale other than 1) one multiply by 1 / scale.
+    A gradient so large that its squares overflow float32 counts as not finite (the step is skipped).
 
     Args:
         params: the optimizer's parameters (their order is the order of the gradients).
-        gc_flag: subtract from each conv / dense weight gradient its mean over all axes but the first.
-        clip_grad: maximum global L2 norm of all gradients (``torch.nn.utils.clip_grad_norm_``); 0 or None
-            disables clipping.
+        gc_flag: subtract from each conv / dense weight gradient its mean over all axes but the first
+            (linear, so it is applied before the unscaling).
+        clip_grad: maximum global L2 norm of the unscaled gradients (``torch.nn.utils.clip_grad_norm_``;
+            MindSpore's ``clip_by_global_norm`` factor); 0 or None disables clipping.
+        unscale: False when the loss scale is a constant 1 (the multiply by 1 / scale is left out).
+
+    Inputs: ``grads`` (tuple of float32 tensors, loss-scaled), ``scale`` (scalar float32 loss scale).
+    Outputs: (tuple of tensors, scalar bool).
     """
 
-    def __init__(self, params, gc_flag=False, clip_grad=0.0):
+    def __init__(self, params, gc_flag=False, clip_grad=0.0, unscale=True):
         super().__init__(auto_prefix=False)
         self.gc_flags = gc_mask(params) if gc_flag else tuple(False for _ in params)
         self.use_gc = bool(gc_flag) and any(self.gc_flags)
         self.clip = float(clip_grad or 0.0)
         self.use_clip = self.clip > 0
+        self.unscale = bool(unscale)
+        self.hyper_map = ops.HyperMap()
 
     @staticmethod
     def _centralize(flag, grad):
@@ -205,9 +236,15 @@ class GradientPreprocess(nn.Cell):
             return grad - grad.mean(axis=axes, keep_dims=True)
         return grad
 
-    def construct(self, grads):
+    def construct(self, grads, scale):
         if self.use_gc:
             grads = tuple(self._centralize(f, g) for f, g in zip(self.gc_flags, grads))
         if self.use_clip:
-            grads = ops.clip_by_global_norm(grads, self.clip)
-        return grads
+            norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / scale
+            finite = ops.isfinite(norm)
+            factor = self.clip / ops.maximum(norm, self.clip) / scale
+            return self.hyper_map(F.partial(_scale_by, factor), grads), finite
+        finite = ms.amp.all_finite(grads)
+        if self.unscale:
+            grads = self.hyper_map(F.partial(_scale_by, 1.0 / scale), grads)
+        return grads, finite

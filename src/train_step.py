@@ -5,9 +5,9 @@
 
 ``TrainStep`` (what ``build_train_step`` returns) does, on the device and without host reads:
 forward (+ a frozen teacher for distillation), loss, loss-scaled gradients, the data-parallel mean
-(``rank_size > 1``), float32 master gradients, unscaling, the finiteness check, gradient centralisation,
-global-norm clipping, the optimizer (AdamW as ``torch.optim.AdamW``, or SGD with momentum), the model EMA
-(timm's ModelEma over every parameter, BatchNorm statistics included), the loss-scale update and the
+(``rank_size > 1``), float32 master gradients, gradient centralisation, unscaling, global-norm clipping and
+the finiteness check (``src.optimizer.GradientPreprocess``: two passes over the gradients), the optimizer
+(AdamW as ``torch.optim.AdamW``, or SGD with momentum), the model EMA (timm's ModelEma over every parameter, BatchNorm statistics included), the loss-scale update and the
 bookkeeping of the ``train_state.*`` counters. A step whose gradients (or loss) are not finite changes
 nothing but the loss scale and the counters (the BatchNorm statistics its forward pass moved are put back).
 
@@ -37,14 +37,6 @@ from src.optimizer import GradientPreprocess, build_optimizer
 __all__ = ["TrainStep", "NetWithLoss", "FrozenTeacher", "build_teacher", "build_train_step"]
 
 TEACHER_PREFIX = "teacher."
-
-_grad_scale = ops.MultitypeFuncGraph("grad_scale")
-
-
-@_grad_scale.register("Tensor", "Tensor")
-def _tensor_grad_scale(scale, grad):
-    return grad * ops.cast(scale, grad.dtype)
-
 
 _cast_like = ops.MultitypeFuncGraph("cast_like")
 
@@ -158,7 +150,7 @@ class TrainStep(nn.Cell):
     Args:
         net_with_loss: a ``NetWithLoss`` (its ``network`` is the trained backbone).
         optimizer: over the backbone's trainable parameters (``src.optimizer.build_optimizer``).
-        loss_scale: the (initial) loss scale; the gradients are unscaled before the finiteness check.
+        loss_scale: the (initial) loss scale; a constant 1 skips the unscaling multiply.
         dynamic_loss_scale: halve the scale (never below 1) on non-finite gradients, double it after
             ``scale_window`` finite steps in a row.
         gc_flag, clip_grad: see ``src.optimizer.GradientPreprocess``.
@@ -178,7 +170,8 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
-        self.preprocess = GradientPreprocess(self.weights, gc_flag, clip_grad)
+        self.preprocess = GradientPreprocess(self.weights, gc_flag, clip_grad,
+                                             unscale=bool(dynamic_loss_scale) or float(loss_scale) != 1.0)
         self.use_reducer = int(rank_size) > 1
         self.reducer = nn.DistributedGradReducer(self.weights, True, int(rank_size)) if self.use_reducer else None
 
@@ -243,9 +236,8 @@ class TrainStep(nn.Cell):
         if self.use_reducer:
             grads = self.reducer(grads)
         grads = self.hyper_map(_cast_like, self.weights, grads)  # float32 master weights under O2 / O3
-        grads = self.hyper_map(F.partial(_grad_scale, 1.0 / scale), grads)
-        applied = ops.logical_and(ms.amp.all_finite(grads), ops.isfinite(loss))
-        grads = self.preprocess(grads)
+        grads, grads_finite = self.preprocess(grads, scale)  # centralised, unscaled, clipped
+        applied = ops.logical_and(grads_finite, ops.isfinite(loss))
         if applied:
             loss = F.depend(loss, self.optimizer(grads))
             if self.use_ema:

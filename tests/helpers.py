@@ -44,10 +44,13 @@ def run_cli(*args, timeout=600, check=True):
 
 
 def convert_fixture(tmp_path, arch, weights="soft_tiny"):
-    """Convert the fixture weights for ``arch`` through the converter CLI; returns the .ckpt path."""
+    """Convert the fixture weights for ``arch`` with the converter's ``convert_file`` (what
+    tools/convert_torch_checkpoint.py runs; the CLI itself is tested in test_converter.py); returns the .ckpt path."""
+    from src.torch_checkpoint import convert_file
+
     src = tmp_path / f"{weights}_weights.npz"
     if not src.exists():
         np.savez(src, **fixture_weights(weights))
     dst = tmp_path / f"{arch}.ckpt"
-    run_cli("tools/convert_torch_checkpoint.py", "--arch", arch, "--src", src, "--dst", dst)
+    convert_file(arch, str(src), str(dst))
     return dst

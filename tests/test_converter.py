@@ -25,6 +25,7 @@ def test_every_soft_parameter_maps_onto_a_distinct_reference_entry():
 
 
 @pytest.mark.cli
+@pytest.mark.slow  # the converter CLI on a 24M-parameter model
 def test_published_soft_small_with_20_stage3_blocks_converts(tmp_path):
     """The public code builds soft_small with 20 stage-3 blocks; the depths are inferred from the keys."""
     source = create_model("soft_small", num_classes=10, depths=(1, 3, 20, 4))

@@ -132,12 +132,14 @@ def test_optimizer_applies_groups(opt_name):
         build_optimizer(SimpleNamespace(**{**vars(config), "opt": "lamb"}), net.trainable_params(), 0.1)
 
 
-def test_gradient_centralisation_and_clipping():
+def test_gradient_centralisation_clipping_unscaling_and_the_finiteness_check():
     net = _Toy()
     params = net.trainable_params()
     rng = np.random.default_rng(0)
     grads = tuple(ms.Tensor(rng.normal(size=p.shape).astype(np.float32) + 3.0) for p in params)
-    out = GradientPreprocess(params, gc_flag=True, clip_grad=0.0)(grads)
+    one, four = ms.Tensor(1.0, ms.float32), ms.Tensor(4.0, ms.float32)
+    out, finite = GradientPreprocess(params, gc_flag=True, clip_grad=0.0, unscale=False)(grads, one)
+    assert bool(finite.asnumpy())
     by_name = {p.name: (g.asnumpy(), o.asnumpy()) for p, g, o in zip(params, grads, out)}
     g, o = by_name["conv.weight"]
     np.testing.assert_allclose(o, g - g.mean(axis=(1, 2, 3), keepdims=True), atol=1e-5)
@@ -145,11 +147,33 @@ def test_gradient_centralisation_and_clipping():
     np.testing.assert_allclose(o, g - g.mean(axis=1, keepdims=True), atol=1e-5)
     for name in ("conv.bias", "norm.gamma", "pos_embed1"):
         np.testing.assert_array_equal(by_name[name][0], by_name[name][1])
-    clipped = GradientPreprocess(params, gc_flag=False, clip_grad=1.0)(grads)
+    clipped, finite = GradientPreprocess(params, gc_flag=False, clip_grad=1.0)(grads, one)
+    assert bool(finite.asnumpy())
     total = math.sqrt(sum(float((c.asnumpy().astype(np.float64) ** 2).sum()) for c in clipped))
     assert total == pytest.approx(1.0, rel=1e-4)
     ratio = clipped[0].asnumpy() / grads[0].asnumpy()
     np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-4)  # one common factor
+    # gradients of a loss scaled by 4 give the same result, with and without clipping (and with centralisation)
+    scaled = tuple(g * 4.0 for g in grads)
+    for gc_flag, clip in ((False, 1.0), (True, 0.0)):
+        ref, _ = GradientPreprocess(params, gc_flag=gc_flag, clip_grad=clip, unscale=False)(grads, one)
+        got, finite = GradientPreprocess(params, gc_flag=gc_flag, clip_grad=clip)(scaled, four)
+        assert bool(finite.asnumpy())
+        for r, o in zip(ref, got):
+            np.testing.assert_allclose(o.asnumpy(), r.asnumpy(), rtol=1e-5, atol=1e-6)
+    # a norm under the limit is left alone (after unscaling)
+    small = tuple(g * 1e-3 for g in grads)
+    kept, _ = GradientPreprocess(params, clip_grad=1e6)(small, one)
+    for g, k in zip(small, kept):
+        np.testing.assert_allclose(k.asnumpy(), g.asnumpy(), rtol=1e-6)
+    # one Inf or NaN anywhere: not finite, with and without clipping
+    for bad, clip in ((np.inf, 1.0), (-np.inf, 0.0), (np.nan, 1.0), (np.nan, 0.0)):
+        broken = list(grads)
+        values = grads[-1].asnumpy().copy()
+        values.flat[0] = bad
+        broken[-1] = ms.Tensor(values)
+        _, finite = GradientPreprocess(params, clip_grad=clip)(tuple(broken), one)
+        assert not bool(finite.asnumpy()), (bad, clip)
 
 
 # ----------------------------------------------------------------------------------------- losses

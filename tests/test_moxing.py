@@ -256,6 +256,8 @@ def test_waiting_rank_fails_when_the_copy_failed(fake_moxing, clean_env):
         ma.sync_data(mox, "obs://bucket/missing", str(tmp / "cache" / "x"), "data", timeout=5)
 
 
+@pytest.mark.cli
+@pytest.mark.slow  # export.py in a subprocess
 def test_export_as_a_modelarts_job(fake_moxing):
     """export.py with enable_modelarts: the checkpoint comes from OBS, the MINDIR goes back to train_url."""
     tmp = fake_moxing

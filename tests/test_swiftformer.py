@@ -335,7 +335,7 @@ def test_switch_values(monkeypatch):
 
 def test_without_the_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.delenv(kernels.SWITCH, raising=False)
-    monkeypatch.setattr(kernels, "library_path", lambda: str(tmp_path / "not_built.so"))
+    monkeypatch.setattr(kernels, "library_path", lambda source=None: str(tmp_path / "not_built.so"))
     monkeypatch.setattr(kernels, "load_training", lambda: None)  # the training library has its own test
     with caplog.at_level(logging.WARNING, logger="models"):
         nets = [fuse_for_inference(_small()) for _ in range(2)]
@@ -385,6 +385,7 @@ def test_without_the_training_library_standard_operators_and_one_warning(monkeyp
     assert len(warnings) == 1
 
 
+@pytest.mark.slow  # two SwiftFormer training graphs
 @pytest.mark.skipif(not TRAINING_KERNELS_BUILT, reason="CPU training kernels not built (make kernels)")
 def test_training_with_kernels_matches_standard_operators(monkeypatch):
     """Loss, every gradient and one optimizer step with the training kernels equal those of the standard operators.

@@ -1,14 +1,16 @@
-"""Optional CPU kernels for the fused inference path (MindSpore "aot" Custom operators).
+"""Optional CPU kernels of SwiftFormer and SOFT (MindSpore "aot" Custom operators) and their loader.
 
-The C++ source is ``swiftformer_cpu.cc``; ``make kernels`` (``python models/kernels/build.py``) compiles it
-once into ``models/kernels/build/``. Nothing here ever starts a compiler: ``load()`` only opens a library
-that was built before.
+The C++ sources are ``swiftformer_cpu.cc`` (``load()``, the fused inference path), ``swiftformer_train_cpu.cc``
+(``load_training()``) and ``soft_cpu.cc`` (``soft.load()``), with the helpers they share in ``kernel_common.h``;
+``make kernels`` (``python models/kernels/build.py``) compiles them once into ``models/kernels/build/``.
+Nothing here ever starts a compiler: ``load_library()``, behind the three loaders, only opens a library that
+was built before.
 
 One switch, the environment variable ``SOFT_CPU_KERNELS``:
 * ``auto`` (default): use the kernels when the library is built and the device target is CPU;
 * ``0``: never use them.
 When the switch allows them but the library is not built, the standard MindSpore operators are used and
-the ``models`` logger says so once.
+the ``models`` logger says so once (per library).
 
     >>> kernels = load()          # None, or an object with the operators below
     >>> y = kernels.bias_gelu(x, bias)
@@ -17,9 +19,9 @@ import logging
 import os
 
 from . import build
-from .build import HERE, library_path
+from .build import HERE, SOURCE, library_path
 
-__all__ = ["SWITCH", "CpuKernels", "TrainingKernels", "load", "load_training", "switch_allows"]
+__all__ = ["SWITCH", "CpuKernels", "TrainingKernels", "load", "load_library", "load_training", "switch_allows"]
 
 #: the source of the SwiftFormer training kernels (forward + gradient operators)
 TRAINING_SOURCE = os.path.join(HERE, "swiftformer_train_cpu.cc")
@@ -27,6 +29,8 @@ TRAINING_SOURCE = os.path.join(HERE, "swiftformer_train_cpu.cc")
 #: the environment variable that allows (``auto``) or forbids (``0``) the kernels
 SWITCH = "SOFT_CPU_KERNELS"
 _LOGGER = logging.getLogger("models")
+#: the cache of load_library (one for all loaders): library path -> its kernel object, or None when it is not
+#: built (its warning is then logged)
 _STATE = {}
 
 
@@ -52,6 +56,16 @@ def _same_dtype(*dtypes):
     return dtypes[0]
 
 
+def _weight_shape(dy, x, w):
+    return w
+
+
+def _custom_op(path, name, shapes=_same_shape, dtypes=_same_dtype):
+    """The aot Custom operator ``name`` of the library at ``path`` (default: output shape and dtype of input 0)."""
+    from mindspore import ops
+    return ops.Custom(f"{path}:{name}", shapes, dtypes, func_type="aot")
+
+
 def _key_query_norm_shapes(kq, bias, wg):
     return kq, [kq[0], 1, kq[2]]
 
@@ -72,17 +86,12 @@ class CpuKernels:
     """
 
     def __init__(self, path):
-        from mindspore import ops
-
-        def custom(name, shapes=_same_shape, dtypes=_same_dtype):
-            return ops.Custom(f"{path}:{name}", shapes, dtypes, func_type="aot")
-
         self.path = path
-        self.bias_gelu = custom("SwiftBiasGelu")
-        self.bias_relu = custom("SwiftBiasRelu")
-        self.depthwise3x3 = custom("SwiftDepthwise3x3")
-        self.scale_residual = custom("SwiftScaleResidual")
-        self.key_query_norm = custom("SwiftKeyQueryNorm", _key_query_norm_shapes, _key_query_norm_dtypes)
+        self.bias_gelu = _custom_op(path, "SwiftBiasGelu")
+        self.bias_relu = _custom_op(path, "SwiftBiasRelu")
+        self.depthwise3x3 = _custom_op(path, "SwiftDepthwise3x3")
+        self.scale_residual = _custom_op(path, "SwiftScaleResidual")
+        self.key_query_norm = _custom_op(path, "SwiftKeyQueryNorm", _key_query_norm_shapes, _key_query_norm_dtypes)
 
 
 class TrainingKernels:
@@ -97,19 +106,14 @@ class TrainingKernels:
     """
 
     def __init__(self, path):
-        from mindspore import ops
-
-        def custom(name, shapes=_same_shape, dtypes=_same_dtype):
-            return ops.Custom(f"{path}:{name}", shapes, dtypes, func_type="aot")
-
         self.path = path
-        self.gelu = custom("SwiftTrainGelu")
-        self.gelu_grad = custom("SwiftTrainGeluGrad")
-        self.scale_residual = custom("SwiftTrainScaleResidual")
-        self.scale_residual_grad = custom("SwiftTrainScaleResidualGrad", _residual_grad_shapes,
-                                          _residual_grad_dtypes)
-        self.depthwise3x3 = custom("SwiftTrainDepthwise3x3")
-        self.depthwise3x3_filter_grad = custom("SwiftTrainDepthwise3x3FilterGrad", _filter_grad_shape)
+        self.gelu = _custom_op(path, "SwiftTrainGelu")
+        self.gelu_grad = _custom_op(path, "SwiftTrainGeluGrad")
+        self.scale_residual = _custom_op(path, "SwiftTrainScaleResidual")
+        self.scale_residual_grad = _custom_op(path, "SwiftTrainScaleResidualGrad", _residual_grad_shapes,
+                                              _residual_grad_dtypes)
+        self.depthwise3x3 = _custom_op(path, "SwiftTrainDepthwise3x3")
+        self.depthwise3x3_filter_grad = _custom_op(path, "SwiftTrainDepthwise3x3FilterGrad", _weight_shape)
 
 
 def _residual_grad_shapes(dy, z, scale):
@@ -120,35 +124,30 @@ def _residual_grad_dtypes(dy, z, scale):
     return dy, dy
 
 
-def _filter_grad_shape(dy, x, w):
-    return w
+def load_library(source, kernel_class, missing_message):
+    """``kernel_class(path)`` for the library built from ``source`` (at ``library_path(source)``), or None when
+    the switch forbids the kernels or that library is not built; then the ``models`` logger warns once with
+    ``missing_message`` followed by "SOFT_CPU_KERNELS=0 silences this.". Cached per library path, so every
+    caller gets the same object."""
+    if not switch_allows():
+        return None
+    path = library_path(source)
+    if path not in _STATE:
+        if os.path.isfile(path):
+            _STATE[path] = kernel_class(path)
+        else:
+            _STATE[path] = None
+            _LOGGER.warning("%s %s=0 silences this.", missing_message, SWITCH)
+    return _STATE[path]
 
 
 def load_training():
     """The SwiftFormer training kernels, or None when the switch forbids them or they are not built (logged once)."""
-    if not switch_allows():
-        return None
-    path = build.library_path(TRAINING_SOURCE)
-    if path not in _STATE:
-        if os.path.isfile(path):
-            _STATE[path] = TrainingKernels(path)
-        else:
-            _STATE[path] = None
-            _LOGGER.warning("SwiftFormer training kernels not built (run `make kernels`); training uses "
-                            "MindSpore's standard operators (slower). %s=0 silences this.", SWITCH)
-    return _STATE[path]
+    return load_library(TRAINING_SOURCE, TrainingKernels, "SwiftFormer training kernels not built (run `make "
+                        "kernels`); training uses MindSpore's standard operators (slower).")
 
 
 def load():
     """The kernels, or None when the switch forbids them or the library is not built (logged once)."""
-    if not switch_allows():
-        return None
-    path = library_path()
-    if path not in _STATE:
-        if os.path.isfile(path):
-            _STATE[path] = CpuKernels(path)
-        else:
-            _STATE[path] = None
-            _LOGGER.warning("CPU kernels not built (run `make kernels`); the fused inference path uses "
-                            "MindSpore's standard operators (slower). %s=0 silences this.", SWITCH)
-    return _STATE[path]
+    return load_library(SOURCE, CpuKernels, "CPU kernels not built (run `make kernels`); the fused inference path "
+                        "uses MindSpore's standard operators (slower).")

@@ -1,8 +1,10 @@
 """Build the optional CPU kernels: ``make kernels`` (or ``python models/kernels/build.py``).
 
-Compiles every ``models/kernels/*.cc`` (``swiftformer_cpu.cc``, ``soft_cpu.cc``) with the system C++ compiler
-(``$CXX``, else g++ / c++) into ``models/kernels/build/<stem>-<hash>.so``, where <hash> is taken from the
-source, so a stale library is never loaded. The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
+Compiles every ``models/kernels/*.cc`` (``swiftformer_cpu.cc``, ``swiftformer_train_cpu.cc``, ``soft_cpu.cc``,
+all including the shared helpers of ``kernel_common.h``) with the system C++ compiler (``$CXX``, else g++ / c++)
+into ``models/kernels/build/<stem>-<hash>.so``, where <hash> is taken from the source and every local header it
+includes (``#include "..."``), so a stale library is never loaded: editing ``kernel_common.h`` rebuilds them all.
+The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
 Without a compiler it says so and exits 0: the models then run on MindSpore's standard operators.
 
 This file imports nothing from the project (it runs before the requirements are installed).
@@ -12,6 +14,7 @@ import glob
 import hashlib
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -25,12 +28,39 @@ BUILD_DIR = os.path.join(HERE, "build")
 _BASE_FLAGS = ["-std=c++17", "-O3", "-fno-math-errno", "-fno-trapping-math", "-fPIC", "-shared", "-pthread"]
 
 
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+
+
+def local_headers(source):
+    """The headers that ``source`` includes with ``#include "..."``, directly or through another one, that exist
+    next to the including file or in this folder (the compiler's ``-I``), in the order first included."""
+    found, pending = [], [os.path.abspath(source)]
+    while pending:
+        current = pending.pop(0)
+        with open(current, "rb") as fh:
+            names = _LOCAL_INCLUDE.findall(fh.read())
+        for name in names:
+            name = os.fsdecode(name)
+            for folder in (os.path.dirname(current), HERE):
+                header = os.path.abspath(os.path.join(folder, name))
+                if os.path.isfile(header):
+                    if header not in found:
+                        found.append(header)
+                        pending.append(header)
+                    break
+    return found
+
+
 def library_path(source=SOURCE, build_dir=BUILD_DIR):
-    """Where the library built from ``source`` (as it is now) lives: ``<stem>-<source hash>.so``."""
+    """Where the library built from ``source`` (as it is now) lives: ``<stem>-<hash>.so``, the hash taken from
+    the source and then every header of ``local_headers(source)``, so a change to either gives a new path."""
     with open(source, "rb") as fh:
-        digest = hashlib.sha1(fh.read()).hexdigest()[:12]
+        digest = hashlib.sha1(fh.read())
+    for header in local_headers(source):
+        with open(header, "rb") as fh:
+            digest.update(b"\0" + os.path.basename(header).encode() + b"\0" + fh.read())
     stem = os.path.splitext(os.path.basename(source))[0]
-    return os.path.join(build_dir, f"{stem}-{digest}.so")
+    return os.path.join(build_dir, f"{stem}-{digest.hexdigest()[:12]}.so")
 
 
 def _cpu_flags():
@@ -77,8 +107,8 @@ def build(source=SOURCE, force=False):
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=BUILD_DIR)
         os.close(fd)
         try:
-            proc = subprocess.run([cxx, *flags, "-o", tmp, source], capture_output=True, text=True, timeout=600,
-                                  check=False)
+            proc = subprocess.run([cxx, *flags, "-I", HERE, "-o", tmp, source], capture_output=True, text=True,
+                                  timeout=600, check=False)
             if proc.returncode == 0:
                 os.replace(tmp, target)  # atomic: two builds at once both end with a whole file
                 return target

@@ -8,30 +8,15 @@ and the ``models`` logger says so once.
     >>> kernels = load()                     # None, or a SoftKernels
     >>> inv = kernels.newton_inverse(k2, settings)
 """
-import logging
 import os
 
-from . import SWITCH, switch_allows
-from .build import HERE, library_path
+from . import _custom_op, _same_dtype, _weight_shape, load_library
+from .build import HERE
 
 __all__ = ["SOURCE", "SoftKernels", "load"]
 
 #: the source of these kernels (built by ``make kernels`` with the others)
 SOURCE = os.path.join(HERE, "soft_cpu.cc")
-_LOGGER = logging.getLogger("models")
-_STATE = {}
-
-
-def _first_shape(*shapes):
-    return shapes[0]
-
-
-def _filter_shape(dy, x, weight):
-    return weight
-
-
-def _first_dtype(*dtypes):
-    return dtypes[0]
 
 
 class SoftKernels:
@@ -46,28 +31,14 @@ class SoftKernels:
     """
 
     def __init__(self, path):
-        from mindspore import ops
-
-        def custom(name, shapes=_first_shape):
-            return ops.Custom(f"{path}:{name}", shapes, _first_dtype, func_type="aot")
-
         self.path = path
-        self.newton_inverse = custom("SoftNewtonInverse")
-        self.newton_inverse_norm = custom("SoftNewtonInverseNorm")
-        self.local_conv = custom("SoftLocalConv")
-        self.local_conv_filter_grad = custom("SoftLocalConvFilterGrad", _filter_shape)
+        self.newton_inverse = _custom_op(path, "SoftNewtonInverse")
+        self.newton_inverse_norm = _custom_op(path, "SoftNewtonInverseNorm")
+        self.local_conv = _custom_op(path, "SoftLocalConv")
+        self.local_conv_filter_grad = _custom_op(path, "SoftLocalConvFilterGrad", _weight_shape, _same_dtype)
 
 
 def load():
     """The kernels, or None when the switch forbids them or the library is not built (logged once)."""
-    if not switch_allows():
-        return None
-    path = library_path(SOURCE)
-    if path not in _STATE:
-        if os.path.isfile(path):
-            _STATE[path] = SoftKernels(path)
-        else:
-            _STATE[path] = None
-            _LOGGER.warning("SOFT CPU kernels not built (run `make kernels`); SOFT models use MindSpore's "
-                            "standard operators (slower). %s=0 silences this.", SWITCH)
-    return _STATE[path]
+    return load_library(SOURCE, SoftKernels, "SOFT CPU kernels not built (run `make kernels`); SOFT models use "
+                        "MindSpore's standard operators (slower).")

@@ -2,7 +2,8 @@
 //
 // Each exported function is called as
 //   int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
-// with the inputs first and the outputs last in params. Built by models/kernels/build.py (make kernels);
+// with the inputs first and the outputs last in params. Built by models/kernels/build.py (make kernels)
+// with the helpers shared by all kernels (kernel_common.h);
 // loaded by models/kernels/soft.py. None of them is differentiated by MindSpore: the cells that call them
 // define their backward (the Newton inverses' analytic gradient; the local convolution's input gradient is
 // SoftLocalConv with the flipped kernel and its weight gradient SoftLocalConvFilterGrad).
@@ -25,28 +26,9 @@
 #include <thread>
 #include <vector>
 
-namespace {
+#include "kernel_common.h"
 
-// Runs body(first, end) over `tasks` tasks on up to 8 threads, at least `min_per_thread` tasks a thread.
-template <typename Body>
-void parallel_for(int64_t tasks, int64_t min_per_thread, Body body) {
-  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
-  threads = threads < 1 ? 1 : (threads > 8 ? 8 : threads);
-  const int64_t by_work = tasks / (min_per_thread < 1 ? 1 : min_per_thread);
-  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
-  if (threads <= 1) {
-    body(0, tasks);
-    return;
-  }
-  const int64_t per = (tasks + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t s = t * per, e = (s + per < tasks) ? s + per : tasks;
-    if (s < e) pool.emplace_back(body, s, e);
-  }
-  body(0, per < tasks ? per : tasks);
-  for (auto &th : pool) th.join();
-}
+namespace {
 
 typedef float v8 __attribute__((vector_size(32)));
 
@@ -187,12 +169,6 @@ void newton_inverse_norm(const float *a_in, float *v_out, Work &work, int iters,
   store_unpadded(v, v_out, m, mp);
 }
 
-int64_t leading(int ndim, const int64_t *shape, int keep) {
-  int64_t n = 1;
-  for (int i = 0; i < ndim - keep; ++i) n *= shape[i];
-  return n;
-}
-
 }  // namespace
 
 extern "C" int SoftNewtonInverse(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
@@ -200,9 +176,9 @@ extern "C" int SoftNewtonInverse(int, void **params, int *ndims, int64_t **shape
   const float *settings = static_cast<const float *>(params[1]);
   float *v = static_cast<float *>(params[2]);
   if (ndims[0] < 2) return 1;
-  const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
+  const int64_t m = shapes[0][ndims[0] - 1], count = element_count(ndims[0] - 2, shapes[0]);
   const int iters = static_cast<int>(settings[0]);
-  parallel_for(count, 1, [=](int64_t s, int64_t e) {
+  parallel_for_min_tasks(count, 1, [=](int64_t s, int64_t e) {
     Work work(m);
     for (int64_t i = s; i < e; ++i) newton_inverse_plain(a + i * m * m, v + i * m * m, work, iters);
   });
@@ -215,9 +191,9 @@ extern "C" int SoftNewtonInverseNorm(int, void **params, int *ndims, int64_t **s
   const float *settings = static_cast<const float *>(params[1]);
   float *v = static_cast<float *>(params[2]);
   if (ndims[0] < 2) return 1;
-  const int64_t m = shapes[0][ndims[0] - 1], count = leading(ndims[0], shapes[0], 2);
+  const int64_t m = shapes[0][ndims[0] - 1], count = element_count(ndims[0] - 2, shapes[0]);
   const int iters = static_cast<int>(settings[0]), max_halvings = static_cast<int>(settings[1]);
-  parallel_for(count, 1, [=](int64_t s, int64_t e) {
+  parallel_for_min_tasks(count, 1, [=](int64_t s, int64_t e) {
     Work work(m);
     for (int64_t i = s; i < e; ++i) newton_inverse_norm(a + i * m * m, v + i * m * m, work, iters, max_halvings);
   });
@@ -247,7 +223,7 @@ extern "C" int SoftLocalConv(int, void **params, int *ndims, int64_t **shapes, c
   if (D % heads) return 1;
   const std::vector<float> wexp = expand_weights(w, heads, k, D);
   const float *we = wexp.data();
-  parallel_for(B * H, 4, [=](int64_t s, int64_t e) {
+  parallel_for_min_tasks(B * H, 4, [=](int64_t s, int64_t e) {
     for (int64_t row = s; row < e; ++row) {
       const int64_t b = row / H, oy = row % H;
       float *out_row = y + row * W * D;
@@ -283,9 +259,8 @@ extern "C" int SoftLocalConvFilterGrad(int, void **params, int *ndims, int64_t *
   if (D % heads) return 1;
   // each thread sums its rows into its own [k, k, D] table; the tables are then added in a fixed order
   const int64_t rows = B * H;
-  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
-  threads = threads < 1 ? 1 : (threads > 8 ? 8 : threads);
-  if (rows < threads) threads = rows;
+  int64_t threads = max_threads();
+  if (rows < threads) threads = rows < 1 ? 1 : rows;  // an empty input still gets one (zero) table
   std::vector<std::vector<float>> partial(threads, std::vector<float>(k * k * D, 0.0f));
   const int64_t per = (rows + threads - 1) / threads;
   auto body = [&](int64_t t) {

@@ -2,97 +2,19 @@
 //
 // Each exported function is a MindSpore "aot" Custom operator (ops.Custom("<lib>:<name>", ..., func_type="aot")):
 //   int name(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, void *stream, void *extra)
-// with the inputs first and the outputs last in params. Built by models/kernels/build.py (make kernels);
+// with the inputs first and the outputs last in params. Built by models/kernels/build.py (make kernels)
+// with the helpers shared by all kernels (kernel_common.h);
 // loaded by models/kernels/__init__.py (load_training); the cells of models/swiftformer.py pair each forward
 // operator with its gradient operator in a bprop.
 #include <cstdint>
 #include <algorithm>
-#include <cstring>
-#include <thread>
 #include <vector>
+
+#include "kernel_common.h"
 
 namespace {
 
-// exp(v) for v <= 0: 2^k * exp(r) with |r| <= ln2 / 2 and a degree-7 Taylor polynomial (~1 ulp).
-inline float exp_nonpos(float v) {
-  v = v > -87.0f ? v : -87.0f;
-  const float k = __builtin_floorf(v * 1.4426950408889634f + 0.5f);
-  float r = v - k * 0.693359375f;
-  r = r + k * 2.12194440e-4f;
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
-}
-
-// Phi(v) = erfc(-v / sqrt 2) / 2 with erfc from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7); also returns
-// exp(-v^2 / 2).
-inline float normal_cdf(float v, float &gauss) {
-  const float a = (v >= 0.0f ? v : -v) * 0.7071067811865476f;
-  const float t = 1.0f / (1.0f + 0.3275911f * a);
-  gauss = exp_nonpos(-a * a);
-  const float poly = ((((1.061405429f * t - 1.453152027f) * t + 1.421413741f) * t - 0.284496736f) * t +
-                      0.254829592f) * t;
-  const float half_tail = 0.5f * poly * gauss;
-  return v >= 0.0f ? 1.0f - half_tail : half_tail;
-}
-
-int64_t element_count(int nd, const int64_t *shape) {
-  int64_t n = 1;
-  for (int i = 0; i < nd; ++i) n *= shape[i];
-  return n;
-}
-
-// Runs body(first, end) over `count` work items of `item_size` elements each on a few threads.
-template <typename Body>
-void parallel_for(int64_t count, int64_t item_size, Body body) {
-  int64_t threads = static_cast<int64_t>(std::thread::hardware_concurrency());
-  threads = threads < 1 ? 1 : (threads > 8 ? 8 : threads);
-  const int64_t by_work = (count * item_size) >> 16;  // at least 64K elements a thread
-  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
-  if (count < threads) threads = count;
-  if (threads <= 1) {
-    body(0, count);
-    return;
-  }
-  const int64_t per = (count + threads - 1) / threads;
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t s = t * per, e = (s + per < count) ? s + per : count;
-    if (s < e) pool.emplace_back(body, s, e);
-  }
-  body(0, per < count ? per : count);
-  for (auto &th : pool) th.join();
-}
-
 constexpr int64_t kBlock = 4096;  // elements per work item of the element-wise kernels
-
-// [B, C, ...] -> B*C planes of prod(...) elements; plane p has channel p % C.
-void plane_layout(int nd, const int64_t *shape, int64_t &planes, int64_t &size, int64_t &channels) {
-  channels = nd > 1 ? shape[1] : 1;
-  planes = nd > 0 ? shape[0] * channels : 1;
-  size = 1;
-  for (int i = 2; i < nd; ++i) size *= shape[i];
-}
-
-// one output row of a 3x3 depthwise convolution (zero padding 1): out += w0 * row[j-1] + w1 * row[j] + w2 * row[j+1]
-void depthwise_row(float *__restrict out, const float *__restrict row, float w0, float w1, float w2, int64_t W) {
-  if (W == 1) {
-    out[0] += w1 * row[0];
-    return;
-  }
-  out[0] += w1 * row[0] + w2 * row[1];
-  for (int64_t j = 1; j < W - 1; ++j) out[j] += w0 * row[j - 1] + w1 * row[j] + w2 * row[j + 1];
-  out[W - 1] += w0 * row[W - 2] + w1 * row[W - 1];
-}
 
 }  // namespace
 
@@ -101,7 +23,7 @@ extern "C" int SwiftTrainGelu(int, void **params, int *ndims, int64_t **shapes, 
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
     const int64_t end = e * kBlock < n ? e * kBlock : n;
     for (int64_t i = s * kBlock; i < end; ++i) {
       float g;
@@ -117,7 +39,7 @@ extern "C" int SwiftTrainGeluGrad(int, void **params, int *ndims, int64_t **shap
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
   const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
     const int64_t end = e * kBlock < n ? e * kBlock : n;
     for (int64_t i = s * kBlock; i < end; ++i) {
       float g;
@@ -137,7 +59,7 @@ extern "C" int SwiftTrainScaleResidual(int, void **params, int *ndims, int64_t *
   float *y = static_cast<float *>(params[3]);
   int64_t planes, size, channels;
   plane_layout(ndims[0], shapes[0], planes, size, channels);
-  parallel_for(planes, size, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements(planes, size, [=](int64_t s, int64_t e) {
     for (int64_t p = s; p < e; ++p) {
       const float sc = scale[p % channels];
       const float *__restrict xp = x + p * size;
@@ -163,7 +85,7 @@ extern "C" int SwiftTrainScaleResidualGrad(int, void **params, int *ndims, int64
   plane_layout(ndims[0], shapes[0], planes, size, channels);
   const int64_t batch = planes / channels;
   // one work item per channel: it owns dscale[c], so no reduction across threads is needed
-  parallel_for(channels, batch * size, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements(channels, batch * size, [=](int64_t s, int64_t e) {
     for (int64_t c = s; c < e; ++c) {
       const float sc = scale[c];
       double total = 0.0;
@@ -194,7 +116,7 @@ extern "C" int SwiftTrainDepthwise3x3(int, void **params, int *ndims, int64_t **
   float *y = static_cast<float *>(params[2]);
   if (ndims[0] != 4) return 1;
   const int64_t C = shapes[0][1], H = shapes[0][2], W = shapes[0][3];
-  parallel_for(shapes[0][0] * C, H * W, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements(shapes[0][0] * C, H * W, [=](int64_t s, int64_t e) {
     for (int64_t p = s; p < e; ++p) {
       const float *xp = x + p * H * W, *wp = w + (p % C) * 9;
       float *yp = y + p * H * W;
@@ -220,7 +142,7 @@ extern "C" int SwiftTrainDepthwise3x3FilterGrad(int, void **params, int *ndims, 
   float *dw = static_cast<float *>(params[3]);
   if (ndims[0] != 4) return 1;
   const int64_t B = shapes[0][0], C = shapes[0][1], H = shapes[0][2], W = shapes[0][3];
-  parallel_for(C, B * H * W * 9, [=](int64_t s, int64_t e) {
+  parallel_for_min_elements(C, B * H * W * 9, [=](int64_t s, int64_t e) {
     std::vector<float> acc(9 * W);  // per tap, a running sum for every column (vectorises without reordering)
     for (int64_t c = s; c < e; ++c) {
       std::fill(acc.begin(), acc.end(), 0.0f);
