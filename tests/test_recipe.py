@@ -135,7 +135,7 @@ def test_three_training_steps_match_the_reference():
             after_first = {p.name: p.asnumpy().copy() for p in net.trainable_params()}
 
     loss_err = np.abs(np.array(losses) - ref["loss"]) / np.abs(ref["loss"])
-    assert loss_err.max() <= 5e-4, (losses, ref["loss"].tolist())  # measured: 1.2e-7, 3.4e-7, 3.3e-5
+    assert loss_err.max() <= 5e-4, (losses, ref["loss"].tolist())  # measured: 1.2e-7, 2.6e-7, 6.0e-5
 
     lr = recipe["lr"]
     worst, skipped = [], []
@@ -148,10 +148,10 @@ def test_three_training_steps_match_the_reference():
         worst.append((int(off.sum()) - max(1, off.size // 1000), int(off.sum()), off.size, tname))
     assert len(skipped) == 6 and len(worst) == len(before) - 6
     # at most 1 element in 1000 of each parameter (at least 1 allowed), and of all of them together
-    assert max(worst)[0] <= 0, sorted(worst)[-5:]  # measured: 38 of 1,474,560 (patch_embed4.proj.0.weight)
-    assert sum(w[1] for w in worst) <= 1e-3 * sum(w[2] for w in worst)  # measured: 224 of 13.07M (1.7e-5)
+    assert max(worst)[0] <= 0, sorted(worst)[-5:]  # measured: 36 of 1,474,560 (patch_embed4.proj.0.weight)
+    assert sum(w[1] for w in worst) <= 1e-3 * sum(w[2] for w in worst)  # measured: 227 of 13.07M (1.7e-5)
 
     stats = [(float(np.abs(p.asnumpy() - ref["after." + torch_name[n]]).max()
                     / np.abs(ref["after." + torch_name[n]]).max()), n)
              for n, p in net.parameters_and_names() if "moving_" in n]
-    assert len(stats) == 12 and max(stats)[0] <= 3e-3, max(stats)  # measured: 8.1e-4
+    assert len(stats) == 12 and max(stats)[0] <= 3e-3, max(stats)  # measured: 1.0e-3
