@@ -11,7 +11,7 @@ infer.py, export.py and the benchmarks run, never train.py.
     >>> net = create_model("SwiftFormer_XS", pretrained="swiftformer_xs.ckpt")
     >>> fuse_for_inference(net)          # returns net
 """
-__all__ = ["fuse_for_inference", "is_fused"]
+__all__ = ["fuse_for_inference", "inference_rewrites", "is_fused"]
 
 
 def fuse_for_inference(net):
@@ -26,14 +26,17 @@ def fuse_for_inference(net):
     if any(getattr(cell, "compile_cache", None) for _, cell in net.cells_and_names()):
         raise RuntimeError("fuse_for_inference(net) must run before the network's first graph-mode call "
                            "(MindSpore keeps the graph it compiled); build the network again and fuse it first.")
-    cells = [cell for _, cell in net.cells_and_names()]  # parents before children
-    for cell in reversed(cells):
-        hook = getattr(cell, "reparameterize", None)
-        if callable(hook):
-            hook()
+    for cell in reversed(inference_rewrites(net)):  # children before their parents
+        cell.reparameterize()
     net.fused_for_inference = True
     net.set_train(False)
     return net
+
+
+def inference_rewrites(net):
+    """The cells of ``net`` that define ``reparameterize()``, parents before children (empty: the pass
+    changes nothing, as for SOFT)."""
+    return [cell for _, cell in net.cells_and_names() if callable(getattr(cell, "reparameterize", None))]
 
 
 def is_fused(net):

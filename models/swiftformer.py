@@ -87,6 +87,15 @@ def l2_normalize(x, axis):
     return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), _L2_EPS * _L2_EPS))
 
 
+def _attach_training_kernel(cell, kernel_cell, allowed=True):
+    """Give ``cell`` its training kernel: ``cell.kernel = kernel_cell(cpu)`` and ``use_training_kernels`` True
+    when ``allowed`` and the training kernels are built and switched on (``kernels.load_training()``)."""
+    cpu = kernels.load_training() if allowed else None
+    cell.use_training_kernels = cpu is not None
+    if cpu is not None:
+        cell.kernel = kernel_cell(cpu)
+
+
 class _KernelGELU(nn.Cell):
     """The exact GELU as the CPU training kernel, with the kernel of its gradient (float32)."""
 
@@ -111,10 +120,7 @@ class GELU(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        cpu = kernels.load_training()
-        self.use_training_kernels = cpu is not None
-        if self.use_training_kernels:
-            self.kernel = _KernelGELU(cpu)
+        _attach_training_kernel(self, _KernelGELU)
         self.act = nn.GELU(approximate=False)
 
     def construct(self, x):
@@ -150,10 +156,7 @@ class DepthwiseConv3x3(nn.Conv2d):
     def __init__(self, dim):
         super().__init__(dim, dim, 3, pad_mode="pad", padding=1, group=dim, has_bias=True,
                          weight_init=TruncatedNormal(0.02), bias_init="zeros")
-        cpu = kernels.load_training()
-        self.use_training_kernels = cpu is not None
-        if self.use_training_kernels:
-            self.kernel = _KernelDepthwise3x3(cpu)
+        _attach_training_kernel(self, _KernelDepthwise3x3)
 
     def construct(self, x):
         if self.use_training_kernels and self.training and x.dtype == ms.float32:
@@ -188,10 +191,7 @@ class ScaledResidual(nn.Cell):
     def __init__(self, drop_path=0.0):
         super().__init__()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        cpu = kernels.load_training() if drop_path == 0 else None
-        self.use_training_kernels = cpu is not None
-        if self.use_training_kernels:
-            self.kernel = _KernelScaledResidual(cpu)
+        _attach_training_kernel(self, _KernelScaledResidual, allowed=drop_path == 0)
 
     def construct(self, x, scale, branch):
         if self.use_training_kernels and self.training and x.dtype == ms.float32:

@@ -10,6 +10,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 #: the PyTorch reference fixtures (../shared/fixtures/torch_reference beside the clone; SOFT_FIXTURES overrides)
 FIXTURES = Path(os.environ.get("SOFT_FIXTURES", REPO.parent / "shared" / "fixtures" / "torch_reference"))
+#: one block per stage: the depths of test models where the depth changes nothing tested (same code, less compiling)
+SHALLOW = (1, 1, 1, 1)
 #: the one skip rule of every fixture-based test: same condition, same reason
 requires_fixtures = pytest.mark.skipif(
     not (FIXTURES / "soft_tiny.npz").is_file(),

@@ -29,6 +29,7 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
 import export as export_cli  # noqa: E402
+from helpers import SHALLOW  # noqa: E402
 from models import create_model  # noqa: E402
 from models.softmax_free_vision_transformer import bilinear_matrix  # noqa: E402
 from models.export_utils import (ErfFreeGELU, class_names_path, prepare_for_export,  # noqa: E402
@@ -40,7 +41,7 @@ ms.set_context(mode=ms.GRAPH_MODE, device_target="CPU")
 
 SIZE = 64
 CLASSES = ["apple", "bear", "cloud"]
-SMALL = {"depths": (1, 1, 1, 1)}
+SMALL = {"depths": SHALLOW}
 
 
 def _rel(ours, ref):

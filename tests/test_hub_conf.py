@@ -8,12 +8,13 @@ import pytest
 
 import mindspore as ms
 
+import helpers
 from mindspore_hub_conf import create_network
 from models import list_models
 
 pytestmark = pytest.mark.unit
 
-SHALLOW = {"depths": (1, 1, 1, 1)}
+SHALLOW = {"depths": helpers.SHALLOW}
 
 
 def _head_width(net):

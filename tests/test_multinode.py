@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import REPO
+from helpers import REPO, SHALLOW
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) not on PATH")]
@@ -98,7 +98,7 @@ def network_parameter_names():
     """The parameter names of the trained network (the checkpoints also hold optimizer and run state)."""
     from models import create_model
 
-    names = {p.name for p in create_model("SwiftFormer_XS", num_classes=2, depths=(1, 1, 1, 1)).get_parameters()}
+    names = {p.name for p in create_model("SwiftFormer_XS", num_classes=2, depths=SHALLOW).get_parameters()}
     assert names
     return names
 

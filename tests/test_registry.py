@@ -5,7 +5,8 @@ import pytest
 import mindspore as ms
 from mindspore.nn.utils import no_init_parameters
 
-from models import create_model, fuse_for_inference, is_fused, list_models
+from helpers import SHALLOW
+from models import create_model, fuse_for_inference, inference_rewrites, is_fused, list_models
 
 EXPECTED_PARAMS = {  # 1000 classes; SPEC §3 and §5 (SwiftFormer with its distillation head)
     "soft_tiny": 13_069_056, "soft_small": 24_110_092, "soft_medium": 45_812_707,
@@ -15,10 +16,6 @@ EXPECTED_PARAMS = {  # 1000 classes; SPEC §3 and §5 (SwiftFormer with its dist
     "SwiftFormer_XS": 3_475_360, "SwiftFormer_S": 6_092_128, "SwiftFormer_L1": 12_057_920,
     "SwiftFormer_L3": 28_494_736,
 }
-
-
-#: one block per stage for the graph-mode runs over every model
-SHALLOW = (1, 1, 1, 1)
 
 
 @pytest.mark.unit
@@ -32,10 +29,6 @@ def test_every_published_model_has_its_published_size(name):
     with no_init_parameters():  # shapes only: initialising soft_huge's 87M weights would take ~10 s
         net = create_model(name)
     assert sum(int(np.prod(p.shape)) for p in net.trainable_params()) == EXPECTED_PARAMS[name]
-
-
-def _has_inference_rewrites(net):
-    return any(callable(getattr(cell, "reparameterize", None)) for _, cell in net.cells_and_names())
 
 
 @pytest.mark.slow
@@ -54,7 +47,7 @@ def test_every_registered_model_runs_and_its_inference_pass_keeps_the_logits(nam
     x = ms.Tensor(np.random.default_rng(0).standard_normal((2, 3, 32, 64)).astype(np.float32))
     twin = create_model(name, num_classes=10, depths=SHALLOW)
     ms.load_param_into_net(twin, {p.name: p for p in net.get_parameters()}, strict_load=True)
-    rewrites = _has_inference_rewrites(twin)
+    rewrites = bool(inference_rewrites(twin))
     before = {p.name: p.asnumpy().copy() for p in twin.get_parameters()}
     assert fuse_for_inference(twin) is twin and is_fused(twin)  # before its first call: a compiled graph is kept
     plain = net(x).asnumpy()

@@ -4,11 +4,10 @@ import pytest
 
 import mindspore as ms
 
-from helpers import convert_fixture, fixture_arrays, rel_err, requires_fixtures
+from helpers import SHALLOW, convert_fixture, fixture_arrays, rel_err, requires_fixtures
 from models import create_model
 
-#: one block per stage where the depth changes nothing tested (parity runs the published depths)
-SHALLOW = (1, 1, 1, 1)
+# SHALLOW where the depth changes nothing tested; parity runs the published depths
 
 @pytest.fixture(autouse=True)
 def graph_mode():

@@ -16,7 +16,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from helpers import FIXTURES, REPO, rel_err, requires_fixtures, run_cli
+from helpers import FIXTURES, REPO, SHALLOW, rel_err, requires_fixtures, run_cli
 from models import create_model, fuse_for_inference, is_fused, kernels, list_models
 from models import swiftformer as sf
 from models.export_utils import prepare_for_export
@@ -300,7 +300,7 @@ def test_fused_equals_unfused(name, shape):
 
 @pytest.mark.slow
 def test_fused_network_exports_without_custom_operators(tmp_path):
-    plain, fused = _plain_and_fused(lambda: create_model("SwiftFormer_XS", num_classes=3, depths=(1, 1, 1, 1)))
+    plain, fused = _plain_and_fused(lambda: create_model("SwiftFormer_XS", num_classes=3, depths=SHALLOW))
     x = np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32)
     want = _eval(plain, x)
     prepare_for_export(fused, "MINDIR")
