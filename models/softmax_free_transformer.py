@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
 from .kernels import soft as soft_kernels
-from .layers import Attention, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
+from .layers import Attention, Dense, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
 
 __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
            "SoftBlock", "Block"]
@@ -202,11 +202,11 @@ class SoftAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_scale = 1.0 / math.sqrt(math.sqrt(self.head_dim))
-        self.q = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
-        self.v = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.q = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.v = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
         self.kernel = SoftKernelAttention(self.head_dim, ratio, newton_iters, norm_inverse, landmark_grid)
         self.local_conv = HeadwiseConv(num_heads, local_kernel)
-        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.proj = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
 
     def split_heads(self, x):
         """[B, N, D] -> [B, h, N, d]."""
@@ -243,9 +243,9 @@ class SoftBlock(nn.Cell):
         self.drop1 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
         self.norm1 = LayerNorm(dim, 1e-5)
         init = TruncatedNormal(0.02)
-        self.fc1 = nn.Dense(dim, 4 * dim, weight_init=init)
+        self.fc1 = Dense(dim, 4 * dim, weight_init=init)
         self.act = TanhGELU()
-        self.fc2 = nn.Dense(4 * dim, dim, weight_init=init)
+        self.fc2 = Dense(4 * dim, dim, weight_init=init)
         self.drop2 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
         self.norm2 = LayerNorm(dim, 1e-5)
 

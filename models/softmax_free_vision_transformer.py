@@ -12,7 +12,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .checkpoint import norm_layer_torch_names
-from .layers import LayerNorm
+from .layers import Dense, LayerNorm
 from .registry import register_model
 from .softmax_free_transformer import Block, SoftBlock
 
@@ -151,7 +151,7 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         self.cls_token = ms.Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dims[3]), ms.float32),
                                       name="cls_token")
         self.norm = LayerNorm(embed_dims[3], 1e-6)
-        self.head = nn.Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
+        self.head = Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
             if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self):

@@ -37,7 +37,7 @@ from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from . import kernels
 from .checkpoint import norm_layer_torch_names
-from .layers import DropPath
+from .layers import Dense, DropPath
 from .registry import register_model
 
 __all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
@@ -70,7 +70,7 @@ def _bn(ch):
 
 
 def _dense(in_ch, out_ch):
-    return nn.Dense(in_ch, out_ch, weight_init=TruncatedNormal(0.02), bias_init="zeros")
+    return Dense(in_ch, out_ch, weight_init=TruncatedNormal(0.02), bias_init="zeros")
 
 
 def _layer_scale(ch, value):

@@ -5,7 +5,7 @@ import pytest
 import mindspore as ms
 from mindspore import nn, ops
 
-from models.layers import HeadwiseConv, LayerNorm
+from models.layers import Dense, HeadwiseConv, LayerNorm
 
 pytestmark = pytest.mark.unit
 
@@ -24,18 +24,23 @@ def _grads(cell, x, weights):
     return value.asnumpy(), dx.asnumpy(), [g.asnumpy() for g in dparams]
 
 
-def test_layer_norm_matches_nn_layer_norm_forward_and_backward():
+@pytest.mark.parametrize("kernels", [True, False], ids=["cpu-kernel", "operators"])
+@pytest.mark.parametrize("shape", [(2, 5, 16), (4, 600, 64)])  # the second: 153,600 elements, two threads
+def test_layer_norm_matches_nn_layer_norm_forward_and_backward(shape, kernels):
+    ours, ref = LayerNorm(shape[-1], 1e-5), nn.LayerNorm((shape[-1],), epsilon=1e-5)
+    if kernels and not ours.norm_fn.use_cpu_kernels:
+        pytest.skip("SOFT CPU kernels not built (make kernels) or switched off")
+    ours.norm_fn.use_cpu_kernels = kernels
     rng = np.random.default_rng(0)
-    x = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32) * 3 + 1)
-    w = ms.Tensor(rng.standard_normal((2, 5, 16)).astype(np.float32))
-    ours, ref = LayerNorm(16, 1e-5), nn.LayerNorm((16,), epsilon=1e-5)
-    gamma, beta = rng.standard_normal(16).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32) * 3 + 1)
+    w = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    gamma, beta = rng.standard_normal(shape[-1]).astype(np.float32), rng.standard_normal(shape[-1]).astype(np.float32)
     for cell in (ours, ref):
         cell.gamma.set_data(ms.Tensor(gamma))
         cell.beta.set_data(ms.Tensor(beta))
     for a, b in zip(_grads(ours, x, w), _grads(ref, x, w)):
         for p, q in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
-            np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4 * max(1.0, np.abs(q).max()))
 
 
 @pytest.mark.parametrize("kernel", [3, 5, 9])
@@ -49,3 +54,17 @@ def test_headwise_conv_matches_grouped_conv_forward_and_backward(kernel):
     for a, b in zip(_grads(ours, x, w), _grads(ref, x, w)):
         for p, q in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
             np.testing.assert_allclose(p, q, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(7, 12), (2, 9, 12)])
+def test_dense_matches_nn_dense_forward_and_backward(shape):
+    rng = np.random.default_rng(2)
+    x = ms.Tensor(rng.standard_normal(shape).astype(np.float32))
+    w = ms.Tensor(rng.standard_normal(shape[:-1] + (6,)).astype(np.float32))
+    ours, ref = Dense(12, 6), nn.Dense(12, 6)
+    assert [p.name for p in ours.get_parameters()] == [p.name for p in ref.get_parameters()] == ["weight", "bias"]
+    ref.weight.set_data(ours.weight.data)
+    ref.bias.set_data(ours.bias.data)
+    for a, b in zip(_grads(ours, x, w), _grads(ref, x, w)):
+        for p, q in zip(a if isinstance(a, list) else [a], b if isinstance(b, list) else [b]):
+            np.testing.assert_allclose(p, q, rtol=1e-5, atol=1e-5)

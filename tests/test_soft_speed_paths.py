@@ -12,7 +12,7 @@ from helpers import rel_err
 from models import create_model
 from models.export_utils import prepare_for_export
 from models.kernels import soft as soft_kernels
-from models.layers import HeadwiseConv
+from models.layers import HeadwiseConv, TanhGELU
 from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm, SoftAttention, gaussian_kernel
 
 pytestmark = pytest.mark.unit
@@ -88,6 +88,26 @@ def test_local_conv_kernel_matches_the_standard_operators_forward_and_backward(k
 
 
 @requires_kernels
+def test_tanh_gelu_kernel_matches_the_formula_forward_and_backward():
+    """Against the float64 formula. MindSpore's CPU tanh is itself off by up to ~2e-4 here (its gradient by
+    up to ~6e-4 of max|dy|), so the operator path is held to 1e-3."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 5000)).astype(np.float32) * 3  # several work items, both signs, |x| up to ~12
+    x[0, :4] = (0.0, 1e-4, -30.0, 30.0)
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    x64 = x.astype(np.float64)
+    t = np.tanh(0.7978845608028654 * (x64 + 0.044715 * x64 ** 3))
+    expected = 0.5 * x64 * (1 + t)
+    expected_dx = dy * (0.5 * (1 + t) + 0.5 * x64 * (1 - t * t) * 0.7978845608028654 * (1 + 3 * 0.044715 * x64 ** 2))
+    fast, plain = TanhGELU(), _plain(TanhGELU())
+    assert fast.use_cpu_kernels and not plain.use_cpu_kernels
+    for cell, tol in ((fast, 2e-6), (plain, 1e-3)):
+        _, dx, _ = _value_and_grads(cell, (ms.Tensor(x),), ms.Tensor(dy))
+        assert np.abs(cell(ms.Tensor(x)).asnumpy() - expected).max() < tol
+        assert np.abs(dx - expected_dx).max() < tol * np.abs(dy).max()
+
+
+@requires_kernels
 def test_soft_norm_attention_with_kernels_matches_the_standard_operators():
     rng = np.random.default_rng(1)
     x = ms.Tensor(rng.standard_normal((2, 64, 16)).astype(np.float32))
@@ -118,6 +138,7 @@ def test_switch_off_and_export_use_the_standard_operators(monkeypatch):
     monkeypatch.setenv("SOFT_CPU_KERNELS", "0")
     assert soft_kernels.load() is None
     assert not NewtonInverse(2).use_cpu_kernels and not HeadwiseConv(2, 3).use_cpu_kernels
+    assert not TanhGELU().use_cpu_kernels
     monkeypatch.delenv("SOFT_CPU_KERNELS")
     net = prepare_for_export(create_model("soft_tiny", num_classes=4))
     assert not any(getattr(cell, "use_cpu_kernels", False) for _, cell in net.cells_and_names())

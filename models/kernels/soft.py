@@ -1,4 +1,5 @@
-"""The SOFT / SOFT-Norm CPU kernels (``soft_cpu.cc``): Newton inverses and the per-head local convolution.
+"""The SOFT / SOFT-Norm CPU kernels (``soft_cpu.cc``): Newton inverses, the per-head local convolution and the
+tanh-approximate GELU.
 
 Built by ``make kernels`` into ``models/kernels/build/soft_cpu-<hash>.so`` and used under the same switch as
 the other kernels (``SOFT_CPU_KERNELS``: ``auto`` uses them when built and the device target is CPU, ``0``
@@ -19,6 +20,14 @@ __all__ = ["SOURCE", "SoftKernels", "load"]
 SOURCE = os.path.join(HERE, "soft_cpu.cc")
 
 
+def _layer_norm_grad_shapes(x, dy, gamma, settings):
+    return x, gamma, gamma
+
+
+def _layer_norm_grad_dtypes(x, dy, gamma, settings):
+    return x, x, x
+
+
 class SoftKernels:
     """The operators of one built library (float32 only; no MindSpore gradients, the calling cells define them):
 
@@ -27,7 +36,10 @@ class SoftKernels:
     * ``newton_inverse_norm(mat, settings)``: SOFT-Norm's, settings = float32 [2] (iterations, max halvings);
     * ``local_conv(x, weight)``: per-head k x k convolution ('same' zero padding) of a channels-last token map
       x [B, H, W, D] with weight [h, 1, k, k] -> [B, H, W, D];
-    * ``local_conv_filter_grad(dy, x, weight)``: its weight gradient [h, 1, k, k].
+    * ``local_conv_filter_grad(dy, x, weight)``: its weight gradient [h, 1, k, k];
+    * ``layer_norm_grad(x, dy, gamma, settings)``: the backward of a last-axis layer normalisation of x [R, D]
+      -> (dx [R, D], dgamma [D], dbeta [D]); settings = float32 [1] (epsilon);
+    * ``tanh_gelu(x)`` / ``tanh_gelu_grad(x, dy)``: the tanh-approximate GELU of any shape and its input gradient.
     """
 
     def __init__(self, path):
@@ -36,6 +48,9 @@ class SoftKernels:
         self.newton_inverse_norm = _custom_op(path, "SoftNewtonInverseNorm")
         self.local_conv = _custom_op(path, "SoftLocalConv")
         self.local_conv_filter_grad = _custom_op(path, "SoftLocalConvFilterGrad", _weight_shape, _same_dtype)
+        self.layer_norm_grad = _custom_op(path, "SoftLayerNormGrad", _layer_norm_grad_shapes, _layer_norm_grad_dtypes)
+        self.tanh_gelu = _custom_op(path, "SoftTanhGelu")
+        self.tanh_gelu_grad = _custom_op(path, "SoftTanhGeluGrad")
 
 
 def load():

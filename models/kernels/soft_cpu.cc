@@ -17,6 +17,10 @@
 //       per-head k x k convolution (zero 'same' padding) of a channels-last token map: channel c belongs to
 //       head c / (D / h).
 //   SoftLocalConvFilterGrad(dy [B, H, W, D], x [B, H, W, D], w [h, 1, k, k]) -> dw [h, 1, k, k]
+//   SoftTanhGelu(x) -> y = x (1 + tanh(u)) / 2, u = sqrt(2/pi) (x + 0.044715 x^3)   (any shape)
+//   SoftLayerNormGrad(x [R, D], dy [R, D], gamma [D], settings [1] = (eps)) -> dx [R, D], dgamma [D], dbeta [D]
+//       the backward of layer normalisation over the last axis (row statistics recomputed from x).
+//   SoftTanhGeluGrad(x, dy) -> dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 x^2)), t = tanh(u)
 #include <cmath>
 #ifdef __FMA__
 #include <immintrin.h>
@@ -294,5 +298,117 @@ extern "C" int SoftLocalConvFilterGrad(int, void **params, int *ndims, int64_t *
   for (int64_t t = 0; t < threads; ++t)
     for (int64_t tap = 0; tap < k * k; ++tap)
       for (int64_t c = 0; c < D; ++c) dw[(c / per_head) * k * k + tap] += partial[t][tap * D + c];
+  return 0;
+}
+
+// ---- tanh-approximate GELU (the SOFT blocks' FFN activation): one pass forward, one pass backward ----------
+
+namespace {
+
+constexpr int64_t kGeluBlock = 4096;  // elements per work item
+constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+// tanh(u) = sign(u) (1 - e) / (1 + e) with e = exp(-2|u|) (absolute error ~1e-7)
+inline float tanh_approx(float u) {
+  const float e = exp_nonpos(-2.0f * (u >= 0.0f ? u : -u));
+  const float t = (1.0f - e) / (1.0f + e);
+  return u >= 0.0f ? t : -t;
+}
+
+template <typename Body>
+void for_each_element(int64_t n, Body body) {
+  parallel_for_min_elements((n + kGeluBlock - 1) / kGeluBlock, kGeluBlock, [=](int64_t s, int64_t e) {
+    const int64_t end = e * kGeluBlock < n ? e * kGeluBlock : n;
+    for (int64_t i = s * kGeluBlock; i < end; ++i) body(i);
+  });
+}
+
+}  // namespace
+
+// params: x (any shape), y
+extern "C" int SoftTanhGelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  float *y = static_cast<float *>(params[1]);
+  for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+    const float v = x[i];
+    y[i] = 0.5f * v * (1.0f + tanh_approx(kGeluScale * (v + kGeluCubic * v * v * v)));
+  });
+  return 0;
+}
+
+// params: x, dy, dx
+extern "C" int SoftTanhGeluGrad(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  float *dx = static_cast<float *>(params[2]);
+  for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+    const float v = x[i];
+    const float t = tanh_approx(kGeluScale * (v + kGeluCubic * v * v * v));
+    const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * v * v);
+    dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * du);
+  });
+  return 0;
+}
+
+// ---- layer normalisation backward: one pass over x and dy per row, partial dgamma / dbeta per thread -------
+
+extern "C" int SoftLayerNormGrad(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
+  const float *x = static_cast<const float *>(params[0]);
+  const float *dy = static_cast<const float *>(params[1]);
+  const float *gamma = static_cast<const float *>(params[2]);
+  const float eps = static_cast<const float *>(params[3])[0];
+  float *dx = static_cast<float *>(params[4]);
+  float *dgamma = static_cast<float *>(params[5]);
+  float *dbeta = static_cast<float *>(params[6]);
+  const int64_t D = shapes[0][ndims[0] - 1];
+  const int64_t R = D > 0 ? element_count(ndims[0], shapes[0]) / D : 0;
+  int64_t threads = max_threads();
+  const int64_t by_work = (R * D) >> 16;  // at least 64K elements a thread
+  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
+  const int64_t per = threads > 0 ? (R + threads - 1) / threads : R;
+  std::vector<float> partial(static_cast<size_t>(threads * 2 * D), 0.0f);
+  const float inv_d = D > 0 ? 1.0f / static_cast<float>(D) : 0.0f;
+  run_in_ranges(R, threads, [&, x, dy, gamma, dx](int64_t s, int64_t e) {
+    float *pg = partial.data() + (per > 0 ? s / per : 0) * 2 * D;
+    float *pb = pg + D;
+    std::vector<float> xhat(static_cast<size_t>(D));
+    for (int64_t r = s; r < e; ++r) {
+      const float *xr = x + r * D;
+      const float *gr = dy + r * D;
+      float mean = 0.0f;
+      for (int64_t c = 0; c < D; ++c) mean += xr[c];
+      mean *= inv_d;
+      float var = 0.0f;
+      for (int64_t c = 0; c < D; ++c) {
+        const float v = xr[c] - mean;
+        var += v * v;
+      }
+      const float rstd = 1.0f / std::sqrt(var * inv_d + eps);
+      float mean_g = 0.0f, mean_gx = 0.0f;
+      for (int64_t c = 0; c < D; ++c) {
+        const float h = (xr[c] - mean) * rstd;
+        const float g = gr[c] * gamma[c];
+        xhat[c] = h;
+        mean_g += g;
+        mean_gx += g * h;
+        pg[c] += gr[c] * h;
+        pb[c] += gr[c];
+      }
+      mean_g *= inv_d;
+      mean_gx *= inv_d;
+      float *dr = dx + r * D;
+      for (int64_t c = 0; c < D; ++c) dr[c] = rstd * (gr[c] * gamma[c] - mean_g - xhat[c] * mean_gx);
+    }
+  });
+  for (int64_t c = 0; c < D; ++c) {
+    float g = 0.0f, b = 0.0f;
+    for (int64_t t = 0; t < threads; ++t) {
+      g += partial[t * 2 * D + c];
+      b += partial[t * 2 * D + D + c];
+    }
+    dgamma[c] = g;
+    dbeta[c] = b;
+  }
   return 0;
 }

@@ -1,5 +1,6 @@
 """Cells shared by the model families (as timm's and mindcv's ``layers`` packages).
 
+* ``Dense``: ``nn.Dense`` with a faster bias gradient.
 * ``DropPath``: stochastic depth per sample.
 * ``LayerNorm``: last-axis layer normalisation with a faster hand-written backward, float32 inside.
 * ``TanhGELU`` / ``ErfFreeGELU``: the tanh-approximate GELU written out, and exact GELU without an Erf
@@ -11,8 +12,9 @@
 from .activations import ErfFreeGELU, TanhGELU
 from .attention import Attention
 from .conv import HeadwiseConv
+from .dense import Dense
 from .drop import DropPath
 from .mlp import Mlp
 from .norm import LayerNorm
 
-__all__ = ["Attention", "DropPath", "ErfFreeGELU", "HeadwiseConv", "LayerNorm", "Mlp", "TanhGELU"]
+__all__ = ["Attention", "Dense", "DropPath", "ErfFreeGELU", "HeadwiseConv", "LayerNorm", "Mlp", "TanhGELU"]

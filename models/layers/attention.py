@@ -2,6 +2,8 @@
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
+from .dense import Dense
+
 __all__ = ["Attention"]
 
 
@@ -16,10 +18,10 @@ class Attention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.q = nn.Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.kv = nn.Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.q = Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.kv = Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
         self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.proj = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
 
     def construct(self, x, height=0, width=0):
