@@ -13,7 +13,7 @@ plain framework train cell (forward + cross-entropy + backward + AdamW), as the 
 then train.py's own step (``src.train_step.build_train_step``: the recipe's AdamW, clipping, device-side
 counters) so that its cost over the plain cell shows.
 The torch interpreter: ``python3 -m venv /tmp/torch-venv && /tmp/torch-venv/bin/pip install
-torch==2.13.0+cpu 'numpy<2' pyyaml``. Prints one line per item, then a Markdown table.
+torch==2.13.0+cpu 'numpy<2' pyyaml einops`` (the reference SOFT and SwiftFormer code import einops). Prints one line per item, then a Markdown table.
 """
 import argparse
 import os
