@@ -37,7 +37,7 @@ from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from . import kernels
 from .checkpoint import norm_layer_torch_names
-from .layers import Dense, DropPath
+from .layers import Dense, DropPath, KernelActivation
 from .registry import register_model
 
 __all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
@@ -96,21 +96,6 @@ def _attach_training_kernel(cell, kernel_cell, allowed=True):
         cell.kernel = kernel_cell(cpu)
 
 
-class _KernelGELU(nn.Cell):
-    """The exact GELU as the CPU training kernel, with the kernel of its gradient (float32)."""
-
-    def __init__(self, cpu):
-        super().__init__()
-        self.gelu = cpu.gelu
-        self.gelu_grad = cpu.gelu_grad
-
-    def construct(self, x):
-        return self.gelu(x)
-
-    def bprop(self, x, out, dout):
-        return (self.gelu_grad(x, dout),)
-
-
 class GELU(nn.Cell):
     """Exact GELU, x * Phi(x), any shape. In training mode, where the training kernels of ``models/kernels``
     are built and allowed (``SOFT_CPU_KERNELS``), a float32 input runs as one kernel forward and backward
@@ -120,7 +105,7 @@ class GELU(nn.Cell):
 
     def __init__(self):
         super().__init__()
-        _attach_training_kernel(self, _KernelGELU)
+        _attach_training_kernel(self, lambda cpu: KernelActivation(cpu.gelu, cpu.gelu_grad))
         self.act = nn.GELU(approximate=False)
 
     def construct(self, x):

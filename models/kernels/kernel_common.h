@@ -52,15 +52,30 @@ void parallel_for_min_tasks(int64_t tasks, int64_t min_tasks_per_thread, Body bo
   run_in_ranges(tasks, threads, body);
 }
 
-// Runs body(first, end) over `count` work items of `item_size` elements each on up to max_threads() threads,
-// at least 64K elements a thread and at most one thread per item.
+// The threads for `count` work items of `item_size` elements each: up to max_threads(), at least 64K elements a
+// thread, at most one thread per item, at least one.
+inline int64_t threads_for_elements(int64_t count, int64_t item_size) {
+  int64_t threads = max_threads();
+  const int64_t by_work = (count * item_size) >> 16;
+  if (by_work < threads) threads = by_work;
+  if (count < threads) threads = count;
+  return threads < 1 ? 1 : threads;
+}
+
+// Runs body(first, end) over `count` work items of `item_size` elements each on threads_for_elements() threads.
 template <typename Body>
 void parallel_for_min_elements(int64_t count, int64_t item_size, Body body) {
-  int64_t threads = max_threads();
-  const int64_t by_work = (count * item_size) >> 16;  // at least 64K elements a thread
-  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
-  if (count < threads) threads = count;
-  run_in_ranges(count, threads, body);
+  run_in_ranges(count, threads_for_elements(count, item_size), body);
+}
+
+// Runs body(i) for every element index i in [0, n), in blocks of 4096 elements spread over the threads.
+template <typename Body>
+void parallel_for_each_element(int64_t n, Body body) {
+  constexpr int64_t kBlock = 4096;
+  parallel_for_min_elements((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
+    const int64_t end = e * kBlock < n ? e * kBlock : n;
+    for (int64_t i = s * kBlock; i < end; ++i) body(i);
+  });
 }
 
 // ---- shapes ------------------------------------------------------------------------------------------------

@@ -305,7 +305,6 @@ extern "C" int SoftLocalConvFilterGrad(int, void **params, int *ndims, int64_t *
 
 namespace {
 
-constexpr int64_t kGeluBlock = 4096;  // elements per work item
 constexpr float kGeluScale = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCubic = 0.044715f;
 
@@ -316,21 +315,13 @@ inline float tanh_approx(float u) {
   return u >= 0.0f ? t : -t;
 }
 
-template <typename Body>
-void for_each_element(int64_t n, Body body) {
-  parallel_for_min_elements((n + kGeluBlock - 1) / kGeluBlock, kGeluBlock, [=](int64_t s, int64_t e) {
-    const int64_t end = e * kGeluBlock < n ? e * kGeluBlock : n;
-    for (int64_t i = s * kGeluBlock; i < end; ++i) body(i);
-  });
-}
-
 }  // namespace
 
 // params: x (any shape), y
 extern "C" int SoftTanhGelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-  for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+  parallel_for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
     const float v = x[i];
     y[i] = 0.5f * v * (1.0f + tanh_approx(kGeluScale * (v + kGeluCubic * v * v * v)));
   });
@@ -342,7 +333,7 @@ extern "C" int SoftTanhGeluGrad(int, void **params, int *ndims, int64_t **shapes
   const float *x = static_cast<const float *>(params[0]);
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
-  for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+  parallel_for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
     const float v = x[i];
     const float t = tanh_approx(kGeluScale * (v + kGeluCubic * v * v * v));
     const float du = kGeluScale * (1.0f + 3.0f * kGeluCubic * v * v);
@@ -363,10 +354,8 @@ extern "C" int SoftLayerNormGrad(int, void **params, int *ndims, int64_t **shape
   float *dbeta = static_cast<float *>(params[6]);
   const int64_t D = shapes[0][ndims[0] - 1];
   const int64_t R = D > 0 ? element_count(ndims[0], shapes[0]) / D : 0;
-  int64_t threads = max_threads();
-  const int64_t by_work = (R * D) >> 16;  // at least 64K elements a thread
-  if (by_work < threads) threads = by_work < 1 ? 1 : by_work;
-  const int64_t per = threads > 0 ? (R + threads - 1) / threads : R;
+  const int64_t threads = threads_for_elements(R, D);
+  const int64_t per = (R + threads - 1) / threads;  // run_in_ranges' range length: the range's thread is s / per
   std::vector<float> partial(static_cast<size_t>(threads * 2 * D), 0.0f);
   const float inv_d = D > 0 ? 1.0f / static_cast<float>(D) : 0.0f;
   run_in_ranges(R, threads, [&, x, dy, gamma, dx](int64_t s, int64_t e) {

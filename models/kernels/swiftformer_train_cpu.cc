@@ -12,23 +12,13 @@
 
 #include "kernel_common.h"
 
-namespace {
-
-constexpr int64_t kBlock = 4096;  // elements per work item of the element-wise kernels
-
-}  // namespace
-
 // y = gelu(x) = x * Phi(x) (exact GELU);  params: x (any shape), y
 extern "C" int SwiftTrainGelu(int, void **params, int *ndims, int64_t **shapes, const char **, void *, void *) {
   const float *x = static_cast<const float *>(params[0]);
   float *y = static_cast<float *>(params[1]);
-  const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for_min_elements((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
-    const int64_t end = e * kBlock < n ? e * kBlock : n;
-    for (int64_t i = s * kBlock; i < end; ++i) {
-      float g;
-      y[i] = x[i] * normal_cdf(x[i], g);
-    }
+  parallel_for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+    float g;
+    y[i] = x[i] * normal_cdf(x[i], g);
   });
   return 0;
 }
@@ -38,14 +28,10 @@ extern "C" int SwiftTrainGeluGrad(int, void **params, int *ndims, int64_t **shap
   const float *x = static_cast<const float *>(params[0]);
   const float *dy = static_cast<const float *>(params[1]);
   float *dx = static_cast<float *>(params[2]);
-  const int64_t n = element_count(ndims[0], shapes[0]);
-  parallel_for_min_elements((n + kBlock - 1) / kBlock, kBlock, [=](int64_t s, int64_t e) {
-    const int64_t end = e * kBlock < n ? e * kBlock : n;
-    for (int64_t i = s * kBlock; i < end; ++i) {
-      float g;
-      const float c = normal_cdf(x[i], g);
-      dx[i] = dy[i] * (c + x[i] * g * 0.3989422804014327f);
-    }
+  parallel_for_each_element(element_count(ndims[0], shapes[0]), [=](int64_t i) {
+    float g;
+    const float c = normal_cdf(x[i], g);
+    dx[i] = dy[i] * (c + x[i] * g * 0.3989422804014327f);
   });
   return 0;
 }

@@ -5,11 +5,12 @@
 * ``LayerNorm``: last-axis layer normalisation with a faster hand-written backward, float32 inside.
 * ``TanhGELU`` / ``ErfFreeGELU``: the tanh-approximate GELU written out, and exact GELU without an Erf
   operator (for ONNX export).
+* ``KernelActivation``: an element-wise CPU kernel with its gradient kernel as the backward.
 * ``Mlp``: Dense -> exact GELU -> Dense.
 * ``Attention``: multi-head softmax attention with separate q and kv projections.
 * ``HeadwiseConv``: per-head k x k convolution with a faster backward.
 """
-from .activations import ErfFreeGELU, TanhGELU
+from .activations import ErfFreeGELU, KernelActivation, TanhGELU
 from .attention import Attention
 from .conv import HeadwiseConv
 from .dense import Dense
@@ -17,4 +18,4 @@ from .drop import DropPath
 from .mlp import Mlp
 from .norm import LayerNorm
 
-__all__ = ["Attention", "Dense", "DropPath", "ErfFreeGELU", "HeadwiseConv", "LayerNorm", "Mlp", "TanhGELU"]
+__all__ = ["Attention", "Dense", "DropPath", "ErfFreeGELU", "HeadwiseConv", "KernelActivation", "LayerNorm", "Mlp", "TanhGELU"]

@@ -6,22 +6,23 @@ from mindspore import nn, ops
 
 from ..kernels import soft as soft_kernels
 
-__all__ = ["TanhGELU", "ErfFreeGELU"]
+__all__ = ["KernelActivation", "TanhGELU", "ErfFreeGELU"]
 
 
-class _KernelTanhGELU(nn.Cell):
-    """The tanh-approximate GELU as the SOFT CPU kernel, with the kernel of its gradient (float32)."""
+class KernelActivation(nn.Cell):
+    """An element-wise activation run as a CPU kernel, ``forward(x)``, with its gradient kernel
+    ``gradient(x, dy) -> dx`` as the backward (float32, any shape; models/kernels)."""
 
-    def __init__(self, kernels):
+    def __init__(self, forward, gradient):
         super().__init__()
-        self.gelu = kernels.tanh_gelu
-        self.gelu_grad = kernels.tanh_gelu_grad
+        self.forward = forward
+        self.gradient = gradient
 
     def construct(self, x):
-        return self.gelu(x)
+        return self.forward(x)
 
     def bprop(self, x, out, dout):
-        return (self.gelu_grad(x, dout),)
+        return (self.gradient(x, dout),)
 
 
 class TanhGELU(nn.Cell):
@@ -36,7 +37,7 @@ class TanhGELU(nn.Cell):
         super().__init__()
         cpu = soft_kernels.load()
         self.use_cpu_kernels = cpu is not None
-        self.kernel = _KernelTanhGELU(cpu) if cpu is not None else None
+        self.kernel = KernelActivation(cpu.tanh_gelu, cpu.tanh_gelu_grad) if cpu is not None else None
 
     def construct(self, x):
         if self.use_cpu_kernels and x.dtype == ms.float32:

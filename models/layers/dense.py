@@ -34,6 +34,8 @@ class Dense(nn.Dense):
         self.bias_add_fn = _BiasAddFn() if has_bias else None
 
     def construct(self, x):
+        # nn.Dense.construct with the bias step chosen by dtype: a bprop cell inside a float16 (mixed-precision)
+        # layer hands float16 gradients to float32 parameters, so swapping nn.Dense's bias_add is not enough
         shape = x.shape
         rows = x.reshape(-1, shape[-1]) if len(shape) != 2 else x
         out = self.matmul(rows, self.weight)
