@@ -20,7 +20,7 @@ from mindspore.common.initializer import TruncatedNormal
 from .kernels import soft as soft_kernels
 from .layers import Attention, Dense, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
 
-__all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
+__all__ = ["gaussian_kernel", "GaussianKernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
            "SoftBlock", "Block"]
 
 
@@ -29,17 +29,50 @@ __all__ = ["gaussian_kernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelA
 # landmark counts so that a dynamic batch axis leaves every other axis known at compile time).
 
 
+# Batched products with the transposes as operator flags: ops.matmul on a swapped view (and its gradient)
+# materialises every transpose, which was 11% of a SOFT training step on CPU.
+_bmm = ops.BatchMatMul()
+_bmm_a_t = ops.BatchMatMul(transpose_a=True)
+_bmm_b_t = ops.BatchMatMul(transpose_b=True)
+
+
+def _last_axis_sum(x):
+    """Σ over the last axis, keeping it: [..., n, d] -> [..., n, 1], as a 2-D matmul against ones (faster than a
+    last-axis ReduceSum on CPU)."""
+    d = x.shape[-1]
+    return ops.matmul(x.reshape(-1, d), ops.ones((d, 1), x.dtype)).reshape(x.shape[:-1] + (1,))
+
+
 def gaussian_kernel(a, b):
     """G(a, b)_jk = exp(-||a_j - b_k||² / 2) for a [..., n, d] and b [..., m, d] -> [..., n, m].
 
-    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form); the squared norms
-    are reduced with matmuls against ones, which is faster than a last-axis sum on CPU.
+    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form).
     """
-    ones = ops.ones((a.shape[-1], 1), a.dtype)
-    a_sq = ops.matmul(a * a, ones)                                   # [..., n, 1]
-    b_sq = ops.swapaxes(ops.matmul(b * b, ones), -1, -2)             # [..., 1, m]
-    dist = a_sq + b_sq - 2.0 * ops.matmul(a, ops.swapaxes(b, -1, -2))
+    a_sq = _last_axis_sum(a * a)                                                  # [..., n, 1]
+    b_sq = _last_axis_sum(b * b)
+    b_sq = b_sq.reshape(b_sq.shape[:-2] + (1, b_sq.shape[-2]))                    # [..., 1, m]
+    dist = a_sq + b_sq - 2.0 * _bmm_b_t(a, b)
     return ops.exp(-0.5 * dist)
+
+
+class GaussianKernel(nn.Cell):
+    """``gaussian_kernel(a, b)`` with its gradient written out: for W = dL/dG ⊙ G,
+
+        dL/da = W·b - rowsum(W) ⊙ a,    dL/db = Wᵀ·a - colsum(W) ⊙ b,
+
+    the sums as matmuls against ones. Autodiff's gradient of the broadcast |a|² + |b|² reduces over the
+    landmark and token axes with ReduceSum, which is slow on CPU (about 4% of a SOFT training step).
+    Input a [..., n, d], b [..., m, d] -> [..., n, m].
+    """
+
+    def construct(self, a, b):
+        return gaussian_kernel(a, b)
+
+    def bprop(self, a, b, out, dout):
+        weights = dout * out                                                      # [..., n, m]
+        row_sums = _last_axis_sum(weights)                                        # [..., n, 1]
+        col_sums = _bmm_a_t(weights, ops.ones(weights.shape[:-1] + (1,), weights.dtype))  # [..., m, 1]
+        return _bmm(weights, b) - row_sums * a, _bmm_a_t(weights, a) - col_sums * b
 
 
 def _eye_like(mat):
@@ -84,8 +117,7 @@ class _InverseWithAnalyticGrad(nn.Cell):
         self.cpu_inverse = getattr(cpu, self.cpu_kernel_name) if cpu is not None else None
 
     def bprop(self, mat, out, dout):
-        inv_t = ops.swapaxes(out, -1, -2)
-        return (-ops.matmul(ops.matmul(inv_t, dout), inv_t),)
+        return (-_bmm_b_t(_bmm_a_t(out, dout), out),)
 
 
 class NewtonInverse(_InverseWithAnalyticGrad):
@@ -154,6 +186,7 @@ class SoftKernelAttention(nn.Cell):
         self.landmark_act = nn.GELU(approximate=False)
         self.norm_inverse = norm_inverse
         self.inverse = NewtonInverseNorm(newton_iters) if norm_inverse else NewtonInverse(newton_iters)
+        self.gaussian = GaussianKernel()
 
     def num_landmarks(self, height, width):
         """m for an H x W token map."""
@@ -177,14 +210,14 @@ class SoftKernelAttention(nn.Cell):
 
     def construct(self, q, v, height, width):
         marks = self.landmarks(q, height, width)
-        k1 = gaussian_kernel(q, marks)                                           # [B, h, N, m]
-        k2 = gaussian_kernel(marks, marks)                                       # [B, h, m, m]
+        k1 = self.gaussian(q, marks)                                             # [B, h, N, m]
+        k2 = self.gaussian(marks, marks)                                         # [B, h, m, m]
         k2_inv = self.inverse(k2)
         if self.norm_inverse:
             d_inv_sqrt = ops.div(1.0, ops.sqrt(k2.sum(axis=-1, keepdims=True)))  # [B, h, m, 1]
-            k2_inv = d_inv_sqrt * k2_inv * d_inv_sqrt.swapaxes(-1, -2)
-        context = ops.matmul(k1.swapaxes(-1, -2), v)                             # [B, h, m, d]
-        return ops.matmul(ops.matmul(k1, k2_inv), context)
+            k2_inv = d_inv_sqrt * k2_inv * d_inv_sqrt.reshape(d_inv_sqrt.shape[:-2] + (1, -1))
+        context = _bmm_a_t(k1, v)                                                # [B, h, m, d]
+        return _bmm(_bmm(k1, k2_inv), context)
 
 
 class SoftAttention(nn.Cell):

@@ -12,7 +12,7 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .checkpoint import norm_layer_torch_names
-from .layers import Dense, LayerNorm
+from .layers import Conv2d, Dense, LayerNorm
 from .registry import register_model
 from .softmax_free_transformer import Block, SoftBlock
 
@@ -33,7 +33,7 @@ POS_GRIDS = (56, 28, 14, 7)
 
 
 def _conv_bn_relu(in_ch, out_ch, stride):
-    return [nn.Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="pad", padding=1, has_bias=True),
+    return [Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="pad", padding=1, has_bias=True),
             nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.9), nn.ReLU()]
 
 

@@ -37,10 +37,10 @@ from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
 from . import kernels
 from .checkpoint import norm_layer_torch_names
-from .layers import Dense, DropPath, KernelActivation
+from .layers import Conv2d, Dense, DropPath, KernelActivation
 from .registry import register_model
 
-__all__ = ["SwiftFormer", "EfficientAdditiveAttention", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
+__all__ = ["SwiftFormer", "EfficientAdditiveAttention", "L2Normalize", "SwiftFormerEncoder", "ConvEncoder", "ConvMlp",
            "Embedding", "Stem", "GELU", "DepthwiseConv3x3", "ScaledResidual", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
            "variant_overrides_from_torch"]
 
@@ -60,7 +60,7 @@ _L2_EPS = 1e-12
 
 def _conv(in_ch, out_ch, kernel, stride=1, group=1):
     """Conv2d with the reference's padding (k // 2), bias, and truncated-normal(0.02) weights."""
-    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=kernel // 2,
+    return Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=kernel // 2,
                      group=group, has_bias=True, weight_init=TruncatedNormal(0.02), bias_init="zeros")
 
 
@@ -85,6 +85,36 @@ def l2_normalize(x, axis):
     (the gradient of sqrt at 0 would make it NaN).
     """
     return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), _L2_EPS * _L2_EPS))
+
+
+def _map_sum(x, axis):
+    """Σ of x [B, C, H, W] over the channels (``axis`` 1 -> [B, 1, H, W]) or the pixels (``axis`` (2, 3) ->
+    [B, C, 1, 1]) as a matmul against ones (several times faster than ReduceSum on CPU)."""
+    b, c, h, w = x.shape
+    if axis == 1:
+        return ops.matmul(ops.ones((1, c), x.dtype), x.reshape(b, c, h * w)).reshape(b, 1, h, w)
+    return ops.matmul(x.reshape(b * c, h * w), ops.ones((h * w, 1), x.dtype)).reshape(b, c, 1, 1)
+
+
+class L2Normalize(nn.Cell):
+    """``l2_normalize(x, axis)`` for x [B, C, H, W] and ``axis`` 1 or (2, 3), with the sums as matmuls and the
+    gradient written out: for y = x / n,  dx = (dy - y · Σ(dy ⊙ y)) / n  (dy / n where n is clamped to 1e-12).
+    Autodiff's gradient reduces the broadcast norm with ReduceSum, slow on CPU."""
+
+    def __init__(self, axis):
+        super().__init__()
+        if axis not in (1, (2, 3)):
+            raise ValueError(f"L2Normalize axis must be 1 or (2, 3), got {axis!r}")
+        self.axis = axis
+
+    def construct(self, x):
+        return x / ops.sqrt(ops.maximum(_map_sum(x * x, self.axis), _L2_EPS * _L2_EPS))
+
+    def bprop(self, x, out, dout):
+        squares = _map_sum(x * x, self.axis)
+        norm = ops.sqrt(ops.maximum(squares, _L2_EPS * _L2_EPS))
+        along = ops.cast(squares > _L2_EPS * _L2_EPS, x.dtype) * _map_sum(dout * out, self.axis)
+        return ((dout - out * along) / norm,)
 
 
 def _attach_training_kernel(cell, kernel_cell, allowed=True):
@@ -130,8 +160,8 @@ class _KernelDepthwise3x3(nn.Cell):
         return self.depthwise3x3(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
 
 
-class DepthwiseConv3x3(nn.Conv2d):
-    """The 3x3 depthwise convolution of a ``ConvEncoder`` (an ``nn.Conv2d``: weight [C, 1, 3, 3], bias [C]).
+class DepthwiseConv3x3(Conv2d):
+    """The 3x3 depthwise convolution of a ``ConvEncoder`` (a ``layers.Conv2d``: weight [C, 1, 3, 3], bias [C]).
 
     In training mode, where the training kernels are built and allowed, a float32 input runs as the kernel
     forward and backward (oneDNN's filter gradient of a depthwise convolution is the slowest operator of a
@@ -145,8 +175,8 @@ class DepthwiseConv3x3(nn.Conv2d):
 
     def construct(self, x):
         if self.use_training_kernels and self.training and x.dtype == ms.float32:
-            return ops.bias_add(self.kernel(x, self.weight), self.bias)
-        return ops.bias_add(self.conv2d(x, self.weight), self.bias)
+            return self.bias_add(self.kernel(x, self.weight), self.bias)
+        return self.bias_add(self.conv2d(x, self.weight), self.bias)
 
 
 class _KernelScaledResidual(nn.Cell):
@@ -287,7 +317,7 @@ def _pointwise(dense, x):
     the map needs no transpose into tokens and back.
     """
     out_ch, in_ch = dense.weight.shape
-    return ops.bias_add(ops.conv2d(x, dense.weight.reshape(out_ch, in_ch, 1, 1)), dense.bias)
+    return dense.bias_add(ops.conv2d(x, dense.weight.reshape(out_ch, in_ch, 1, 1)), dense.bias)
 
 
 class EfficientAdditiveAttention(nn.Cell):
@@ -312,12 +342,15 @@ class EfficientAdditiveAttention(nn.Cell):
         self.scale_factor = dim ** -0.5
         self.Proj = _dense(dim, dim)  # pylint: disable=invalid-name  (the reference's name)
         self.final = _dense(dim, dim)
+        self.normalize_channels = L2Normalize(1)
+        self.normalize_tokens = L2Normalize((2, 3))
 
     def construct(self, x):
-        query = l2_normalize(_pointwise(self.to_query, x), axis=1)
-        key = l2_normalize(_pointwise(self.to_key, x), axis=1)
-        weights = l2_normalize(self._query_dot_w_g(query) * self.scale_factor, axis=(2, 3))
-        global_query = (weights * query).sum(axis=(2, 3), keepdims=True)
+        query = self.normalize_channels(_pointwise(self.to_query, x))
+        key = self.normalize_channels(_pointwise(self.to_key, x))
+        weights = self.normalize_tokens(self._query_dot_w_g(query) * self.scale_factor)
+        b, c, h, w = query.shape
+        global_query = ops.bmm(query.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c, 1, 1)
         return _pointwise(self.final, _pointwise(self.Proj, global_query * key) + query)
 
     def _query_dot_w_g(self, query):

