@@ -19,9 +19,10 @@ from mindspore.common.initializer import TruncatedNormal
 
 from .kernels import soft as soft_kernels
 from .layers import Attention, Dense, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
+from .layers.reduce import sum_last_axis
 
-__all__ = ["gaussian_kernel", "GaussianKernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention", "SoftAttention",
-           "SoftBlock", "Block"]
+__all__ = ["gaussian_kernel", "GaussianKernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention",
+           "SoftAttention", "SoftBlock", "Block"]
 
 
 # Export note: the attention is written with ops MindSpore's MINDIR and ONNX exporters both handle
@@ -36,20 +37,14 @@ _bmm_a_t = ops.BatchMatMul(transpose_a=True)
 _bmm_b_t = ops.BatchMatMul(transpose_b=True)
 
 
-def _last_axis_sum(x):
-    """Σ over the last axis, keeping it: [..., n, d] -> [..., n, 1], as a 2-D matmul against ones (faster than a
-    last-axis ReduceSum on CPU)."""
-    d = x.shape[-1]
-    return ops.matmul(x.reshape(-1, d), ops.ones((d, 1), x.dtype)).reshape(x.shape[:-1] + (1,))
-
-
 def gaussian_kernel(a, b):
     """G(a, b)_jk = exp(-||a_j - b_k||² / 2) for a [..., n, d] and b [..., m, d] -> [..., n, m].
 
-    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form).
+    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form); the squared norms are
+    summed with matmuls (``layers.reduce``).
     """
-    a_sq = _last_axis_sum(a * a)                                                  # [..., n, 1]
-    b_sq = _last_axis_sum(b * b)
+    a_sq = sum_last_axis(a * a)                                                  # [..., n, 1]
+    b_sq = sum_last_axis(b * b)
     b_sq = b_sq.reshape(b_sq.shape[:-2] + (1, b_sq.shape[-2]))                    # [..., 1, m]
     dist = a_sq + b_sq - 2.0 * _bmm_b_t(a, b)
     return ops.exp(-0.5 * dist)
@@ -70,7 +65,7 @@ class GaussianKernel(nn.Cell):
 
     def bprop(self, a, b, out, dout):
         weights = dout * out                                                      # [..., n, m]
-        row_sums = _last_axis_sum(weights)                                        # [..., n, 1]
+        row_sums = sum_last_axis(weights)                                        # [..., n, 1]
         col_sums = _bmm_a_t(weights, ops.ones(weights.shape[:-1] + (1,), weights.dtype))  # [..., m, 1]
         return _bmm(weights, b) - row_sums * a, _bmm_a_t(weights, a) - col_sums * b
 

@@ -10,6 +10,8 @@
 * ``Mlp``: Dense -> exact GELU -> Dense.
 * ``Attention``: multi-head softmax attention with separate q and kv projections.
 * ``HeadwiseConv``: per-head k x k convolution with a faster backward.
+
+``layers.reduce`` holds the sums written as matmuls against ones that these cells and the models share.
 """
 from .activations import ErfFreeGELU, KernelActivation, TanhGELU
 from .attention import Attention

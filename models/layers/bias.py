@@ -2,6 +2,8 @@
 import mindspore as ms
 from mindspore import nn, ops
 
+from .reduce import sum_pixels, sum_rows
+
 __all__ = ["BiasAdd"]
 
 
@@ -22,14 +24,8 @@ class _Float32BiasAddFn(nn.Cell):
         return self.bias_add(x, bias)
 
     def bprop(self, x, bias, out, dout):
-        if dout.ndim == 2:
-            rows = dout
-        else:
-            batch, channels = dout.shape[0], dout.shape[1]
-            per_map = dout.reshape(batch * channels, -1)
-            rows = ops.matmul(per_map, ops.ones((per_map.shape[1], 1), dout.dtype)).reshape(batch, channels)
-        dbias = ops.matmul(ops.ones((1, rows.shape[0]), dout.dtype), rows).reshape(bias.shape)
-        return dout, dbias
+        rows = dout if dout.ndim == 2 else sum_pixels(dout).reshape(dout.shape[0], dout.shape[1])
+        return dout, sum_rows(rows).reshape(bias.shape)
 
 
 class BiasAdd(nn.Cell):
