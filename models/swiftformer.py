@@ -79,19 +79,12 @@ def _layer_scale(ch, value):
     return ms.Parameter(ms.Tensor(np.full((ch, 1, 1), value, np.float32)))
 
 
-def l2_normalize(x, axis):
-    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize).
-
-    Written as x / sqrt(max(|x|², 1e-24)): the same values, and a zero vector gets a zero gradient
-    (the gradient of sqrt at 0 would make it NaN).
-    """
-    return x / ops.sqrt(ops.maximum((x * x).sum(axis=axis, keepdims=True), _L2_EPS * _L2_EPS))
-
-
 class L2Normalize(nn.Cell):
-    """``l2_normalize(x, axis)`` for x [B, C, H, W] and ``axis`` 1 or (2, 3), with the sums as matmuls and the
-    gradient written out: for y = x / n,  dx = (dy - y · Σ(dy ⊙ y)) / n  (dy / n where n is clamped to 1e-12).
-    Autodiff's gradient reduces the broadcast norm with ReduceSum, slow on CPU."""
+    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize) for x [B, C, H, W] and ``axis`` 1 or (2, 3).
+
+    Written as x / sqrt(max(|x|², 1e-24)) (the same values) with the sums as matmuls and the gradient written
+    out: for y = x / n,  dx = (dy - y · Σ(dy ⊙ y)) / n  (dy / n where n is clamped to 1e-12). Autodiff's
+    gradient reduces the broadcast norm with ReduceSum, slow on CPU."""
 
     def __init__(self, axis):
         super().__init__()
@@ -341,22 +334,21 @@ class EfficientAdditiveAttention(nn.Cell):
         self.normalize_tokens = L2Normalize((2, 3))
 
     def construct(self, x):
-        query = self.normalize_channels(_pointwise(self.to_query, x))
+        query, weights = self._query_and_token_weights(x)
         key = self.normalize_channels(_pointwise(self.to_key, x))
-        weights = self.normalize_tokens(self._query_dot_w_g(query) * self.scale_factor)
         b, c, h, w = query.shape
         global_query = ops.bmm(query.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c, 1, 1)
         return _pointwise(self.final, _pointwise(self.Proj, global_query * key) + query)
 
-    def _query_dot_w_g(self, query):
-        """w_g . q_n for every token: [B, C, H, W] -> [B, 1, H, W]."""
-        return ops.conv2d(query, self.w_g.reshape(1, self.dim, 1, 1))
+    def _query_and_token_weights(self, x):
+        """q [B, C, H, W] and a [B, 1, H, W] of the map x [B, C, H, W]."""
+        query = self.normalize_channels(_pointwise(self.to_query, x))
+        w_g_dot_q = ops.conv2d(query, self.w_g.reshape(1, self.dim, 1, 1))             # w_g . q_n per token
+        return query, self.normalize_tokens(w_g_dot_q * self.scale_factor)
 
     def token_weights(self, x):
         """The normalised token weights a of the map x [B, C, H, W]: [B, H*W] (sum of squares over H*W is 1)."""
-        query = l2_normalize(_pointwise(self.to_query, x), axis=1)
-        weights = l2_normalize(self._query_dot_w_g(query) * self.scale_factor, axis=(2, 3))
-        return weights.reshape(x.shape[0], -1)
+        return self._query_and_token_weights(x)[1].reshape(x.shape[0], -1)
 
 
 class SwiftFormerEncoder(nn.Cell):
