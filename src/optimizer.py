@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.ops import functional as F
 
 __all__ = ["parse_name_filter", "model_no_weight_decay", "uses_weight_decay", "split_weight_decay", "AdamW",
-           "build_optimizer", "GradientPreprocess", "gc_mask"]
+           "build_optimizer", "GradientPreprocess", "gc_mask", "flatten"]
 
 
 def parse_name_filter(value):
@@ -190,15 +190,14 @@ def _tensor_square_sum(grad):
     return ops.reduce_sum(ops.square(grad))
 
 
-_self_dot = ops.MultitypeFuncGraph("self_dot")
+def flatten(tensors):
+    """A tuple of tensors as one float32 vector [sum of their sizes] (their elements in order): one Concat."""
+    return ops.concat(tuple(ops.cast(t, ms.float32).reshape(-1) for t in tensors))
 
 
-@_self_dot.register("Tensor")
-def _tensor_self_dot(grad):
-    """Σ grad² as the matmul [1, n] x [n, 1]: on CPU 4-5x faster than Square + ReduceSum (and than
-    ``amp.all_finite``) over a model's gradients (soft_tiny: 17 ms against 80-90 ms a step)."""
-    flat = grad.reshape(1, -1)
-    return ops.matmul(flat, flat.reshape(-1, 1)).reshape(())
+def _self_dot(vector):
+    """Σ vector² as the matmul [1, n] x [n, 1] (on CPU several times faster than Square + ReduceSum)."""
+    return ops.matmul(vector.reshape(1, -1), vector.reshape(-1, 1)).reshape(())
 
 
 _scale_by = ops.MultitypeFuncGraph("scale_by")
@@ -218,9 +217,10 @@ class GradientPreprocess(nn.Cell):
     so it is also the finiteness check) and one pass multiplies every gradient by clip / max(norm, clip) /
     scale; without it, ``mindspore.amp.all_finite`` and (for a scale other than 1) one multiply by 1 / scale.
     A gradient so large that its squares overflow float32 counts as not finite (the step is skipped).
-    On CPU the sum of squares is one matmul per gradient and also serves as the finiteness check without
-    clipping; other devices use Square + ReduceSum and ``all_finite`` (a float32 matmul may run at reduced
-    precision on Ascend's cube unit).
+    On CPU the sum of squares is one Concat of all gradients and one matmul (a model has hundreds of
+    gradients, and on CPU the launch of each small operator costs more than its arithmetic), which also serves
+    as the finiteness check without clipping; other devices use Square + ReduceSum per gradient and
+    ``all_finite`` (a float32 matmul may run at reduced precision on Ascend's cube unit).
 
     Args:
         params: the optimizer's parameters (their order is the order of the gradients).
@@ -242,8 +242,8 @@ class GradientPreprocess(nn.Cell):
         self.use_clip = self.clip > 0
         self.unscale = bool(unscale)
         self.hyper_map = ops.HyperMap()
-        #: sums of squares as matmuls (CPU); False: Square + ReduceSum and ``amp.all_finite``
-        self.use_matmul_sums = ms.get_context("device_target") == "CPU"
+        #: the sum of squares as one Concat + matmul (CPU); False: Square + ReduceSum and ``amp.all_finite``
+        self.use_flat_sum = ms.get_context("device_target") == "CPU"
 
     @staticmethod
     def _centralize(flag, grad):
@@ -252,17 +252,21 @@ class GradientPreprocess(nn.Cell):
             return grad - grad.mean(axis=axes, keep_dims=True)
         return grad
 
+    def _sum_of_squares(self, grads):
+        if self.use_flat_sum:
+            return _self_dot(flatten(grads))
+        return ops.addn(self.hyper_map(_square_sum, grads))
+
     def construct(self, grads, scale):
         if self.use_gc:
             grads = tuple(self._centralize(f, g) for f, g in zip(self.gc_flags, grads))
         if self.use_clip:
-            square_sum = _self_dot if self.use_matmul_sums else _square_sum
-            norm = ops.sqrt(ops.addn(self.hyper_map(square_sum, grads))) / scale
+            norm = ops.sqrt(self._sum_of_squares(grads)) / scale
             finite = ops.isfinite(norm)
             factor = self.clip / ops.maximum(norm, self.clip) / scale
             return self.hyper_map(F.partial(_scale_by, factor), grads), finite
-        if self.use_matmul_sums:
-            finite = ops.isfinite(ops.addn(self.hyper_map(_self_dot, grads)))
+        if self.use_flat_sum:
+            finite = ops.isfinite(self._sum_of_squares(grads))
         else:
             finite = ms.amp.all_finite(grads)
         if self.unscale:

@@ -27,12 +27,14 @@ Parameters of the cell besides the network's (every name starts with a prefix of
   ``checkpoint_parameters()`` leaves it out together with the learning-rate table (and ``momentum``, the
   constant coefficient ``nn.Momentum`` keeps as a Parameter under ``opt: sgd``).
 """
+import numpy as np
+
 import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import functional as F
 
 from src.cross_entropy import DistillationLoss, get_loss
-from src.optimizer import GradientPreprocess, build_optimizer
+from src.optimizer import GradientPreprocess, build_optimizer, flatten
 
 __all__ = ["TrainStep", "NetWithLoss", "FrozenTeacher", "build_teacher", "build_train_step"]
 
@@ -44,14 +46,6 @@ _cast_like = ops.MultitypeFuncGraph("cast_like")
 @_cast_like.register("Tensor", "Tensor")
 def _tensor_cast_like(param, grad):
     return ops.cast(grad, param.dtype)
-
-
-_copy = ops.MultitypeFuncGraph("copy")
-
-
-@_copy.register("Tensor")
-def _tensor_copy(value):
-    return value * 1
 
 
 def _unwrap(net):
@@ -187,7 +181,11 @@ class TrainStep(nn.Cell):
         self.first_bad_step = _scalar(-1, ms.int32, "train_state.first_bad_step")
 
         # BatchNorm moving statistics: the forward pass updates them, a skipped step puts them back
+        # (saved as one flat copy: one Concat, where a copy per tensor costs a launch per tensor on CPU)
         self.statistics = ms.ParameterTuple([p for p in self.network.get_parameters() if not p.requires_grad])
+        self.has_statistics = len(self.statistics) > 0
+        ends = np.cumsum([int(np.prod(p.shape)) for p in self.statistics]).tolist()
+        self.statistics_spans = tuple(zip([0] + ends[:-1], ends))
         self.use_ema = ema_decay is not None
         if self.use_ema:
             self.ema_sources = ms.ParameterTuple(list(self.network.get_parameters()))
@@ -200,6 +198,12 @@ class TrainStep(nn.Cell):
     def _ema_update(self):
         for ema, param in zip(self.ema_params, self.ema_sources):
             ops.assign(ema, ema * self.ema_decay + ops.cast(param, ema.dtype) * (1.0 - self.ema_decay))
+        return True
+
+    def _restore_statistics(self, saved):
+        """Put the BatchNorm statistics back from their flat copy ``saved`` (``flatten(self.statistics)``)."""
+        for param, (start, end) in zip(self.statistics, self.statistics_spans):
+            ops.assign(param, ops.cast(saved[start:end].reshape(param.shape), param.dtype))
         return True
 
     def _update_loss_scale(self, applied):
@@ -229,7 +233,7 @@ class TrainStep(nn.Cell):
     def construct(self, images, targets):
         scale = self.loss_scale * 1.0
         step_index = self.optimizer.global_step.reshape(()) * 1
-        statistics = self.hyper_map(_copy, self.statistics)
+        statistics = flatten(self.statistics) if self.has_statistics else None
         loss = self.net_with_loss(images, targets)
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
         grads = self.grad(self.net_with_loss, self.weights)(images, targets, sens)
@@ -242,8 +246,8 @@ class TrainStep(nn.Cell):
             loss = F.depend(loss, self.optimizer(grads))
             if self.use_ema:
                 loss = F.depend(loss, self._ema_update())
-        else:
-            loss = F.depend(loss, self.hyper_map(ops.assign, self.statistics, statistics))
+        elif self.has_statistics:
+            loss = F.depend(loss, self._restore_statistics(statistics))
         if self.dynamic_loss_scale:
             loss = F.depend(loss, self._update_loss_scale(applied))
         loss = F.depend(loss, self._record(loss, applied, step_index))

@@ -172,15 +172,15 @@ def test_gradient_centralisation_clipping_unscaling_and_the_finiteness_check():
         values = grads[-1].asnumpy().copy()
         values.flat[0] = bad
         broken[-1] = ms.Tensor(values)
-        for matmul_sums in (True, False):
+        for flat_sum in (True, False):
             preprocess = GradientPreprocess(params, clip_grad=clip)
-            preprocess.use_matmul_sums = matmul_sums
+            preprocess.use_flat_sum = flat_sum
             _, finite = preprocess(tuple(broken), one)
-            assert not bool(finite.asnumpy()), (bad, clip, matmul_sums)
+            assert not bool(finite.asnumpy()), (bad, clip, flat_sum)
 
 
-def test_matmul_sums_of_squares_match_the_standard_operators():
-    """The CPU path (sums of squares as matmuls) against Square + ReduceSum / all_finite: the same clipped
+def test_flat_sum_of_squares_matches_the_standard_operators():
+    """The CPU path (the sum of squares as one Concat + matmul) against Square + ReduceSum / all_finite: the same clipped
     gradients and the same finiteness, with and without clipping."""
     net = _Toy()
     params = net.trainable_params()
@@ -189,9 +189,9 @@ def test_matmul_sums_of_squares_match_the_standard_operators():
     scale = ms.Tensor(8.0, ms.float32)
     for clip in (0.5, 0.0):
         results = []
-        for matmul_sums in (True, False):
+        for flat_sum in (True, False):
             preprocess = GradientPreprocess(params, clip_grad=clip)
-            preprocess.use_matmul_sums = matmul_sums
+            preprocess.use_flat_sum = flat_sum
             out, finite = preprocess(grads, scale)
             assert bool(finite.asnumpy())
             results.append([o.asnumpy() for o in out])
