@@ -92,9 +92,7 @@ times = [[] for _ in steps]
 for _ in range(8 if mode == "pair" else 5):
     for step, record in zip(steps, times):
         record.append(timed(step))
-if mode == "pair":
-    print(json.dumps({"step": times[0], "plain": times[1]}))
-print(json.dumps(sorted(times[0]) if mode != "pair" else sorted(s / p for s, p in zip(*times))))
+print(json.dumps({"step": times[0], "plain": times[1]} if mode == "pair" else sorted(times[0])))
 '''
 
 
@@ -113,9 +111,9 @@ def _pair(name, rounds):
             os.remove(script)
         if r.returncode != 0:
             raise RuntimeError(f"train step of {name} failed: {r.stderr[-800:]}")
-        lines = r.stdout.strip().splitlines()
-        step_times += json.loads(lines[-2])["step"]
-        ratios += json.loads(lines[-1])
+        times = json.loads(r.stdout.strip().splitlines()[-1])
+        step_times += times["step"]
+        ratios += [step / plain for step, plain in zip(times["step"], times["plain"])]
     return statistics.median(step_times), statistics.median(ratios)
 
 
