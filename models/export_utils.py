@@ -2,7 +2,7 @@
 
     >>> from models import create_model
     >>> from models.export_utils import prepare_for_export
-    >>> net = prepare_for_export(create_model("soft_tiny", pretrained="soft_tiny.ckpt"), "ONNX")
+    >>> net = prepare_for_export(create_model("soft_tiny", pretrained="soft_tiny.ckpt", portable=True), "ONNX")
     >>> mindspore.export(net, Tensor(np.zeros((1, 3, 224, 224), np.float32)), file_name="soft_tiny",
     ...                  file_format="ONNX")
 
@@ -11,9 +11,9 @@ operators, static shapes apart from the batch axis), so little is left to do her
 changes the network in place (and returns it); its numbers stay those of the original network (float32
 rounding aside, < 1e-6 relative):
 
-* every format: evaluation mode; the optional CPU kernels of the fused inference path (``Custom``
-  operators backed by a library built on this machine, models/kernels) are switched off, so that the
-  file does not depend on this machine;
+* every format: evaluation mode; the network must be the portable one (``create_model(..., portable=True)``,
+  what export.py builds): a network rewritten by the CPU speed layer (``models.cpu``) holds ``Custom``
+  operators backed by a library built on this machine, and is refused;
 * ONNX: exact-GELU cells -> ``ErfFreeGELU`` (MindSpore's ONNX exporter has no Erf); ``ops.Conv2D``
   primitives built with an int kernel size get a (k, k) attribute; a convolution with asymmetric padding
   is refused (MindSpore writes 4-tuple ONNX pads in the wrong order).
@@ -23,6 +23,7 @@ import os
 
 from mindspore import nn
 
+from .cpu_switch import is_accelerated
 from .layers import ErfFreeGELU
 
 __all__ = ["EXPORT_FORMATS", "ErfFreeGELU", "prepare_for_export", "unsupported_onnx_cells",
@@ -38,17 +39,6 @@ def _replace_children(net, predicate, factory):
             if predicate(child):
                 setattr(cell, name, factory(child))
                 count += 1
-    return count
-
-
-def _switch_off_cpu_kernels(net):
-    """Cells of the fused inference path that run the optional CPU kernels (``Custom`` operators from
-    models/kernels, a library built on this machine) -> their standard operators; returns the count."""
-    count = 0
-    for _, cell in net.cells_and_names():
-        if getattr(cell, "use_cpu_kernels", False):
-            cell.use_cpu_kernels = False
-            count += 1
     return count
 
 
@@ -93,13 +83,16 @@ def prepare_for_export(net, fmt="MINDIR"):
     """Make ``net`` (a built, weight-loaded network) exportable to ``fmt`` ("MINDIR", "ONNX" or "AIR",
     case-insensitive); changes it in place and returns it.
 
-    Raises ValueError for an unknown format or (ONNX) a convolution with asymmetric padding.
+    Raises ValueError for an unknown format, a network rewritten by the CPU speed layer, or (ONNX) a convolution
+    with asymmetric padding.
     """
     fmt = str(fmt).upper()
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"export format must be one of {', '.join(EXPORT_FORMATS)}, got {fmt!r}")
+    if is_accelerated(net):
+        raise ValueError("this network was rewritten by the CPU speed layer (its Custom operators need a library "
+                         "built on this machine): build it with create_model(..., portable=True) to export it")
     net.set_train(False)
-    _switch_off_cpu_kernels(net)
     if fmt == "ONNX":
         bad = unsupported_onnx_cells(net)
         if bad:

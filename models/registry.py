@@ -54,7 +54,7 @@ def model_family(name):
 
 
 def create_model(name, num_classes=1000, pretrained=None, features_only=False, out_indices=(0, 1, 2, 3),
-                 **overrides):
+                 portable=False, **overrides):
     """Build a registered model.
 
     Args:
@@ -65,6 +65,9 @@ def create_model(name, num_classes=1000, pretrained=None, features_only=False, o
             ([B, C_i, H/4/2^i, W/4/2^i]) instead of logits; a classification checkpoint loads into it with
             its head dropped.
         out_indices: the stages (0-3) a feature extractor returns.
+        portable: True keeps the portable network (what GPU and Ascend run) even where the CPU speed layer
+            would rewrite it (a CPU device target and ``SOFT_CPU_KERNELS`` not 0; see ``models.cpu_switch``):
+            what export writes, and what tests compare the CPU layer with.
         **overrides: constructor arguments that replace the variant's defaults
             (e.g. ``drop_path_rate=0.1``, ``depths=(1, 3, 20, 4)``).
 
@@ -73,17 +76,18 @@ def create_model(name, num_classes=1000, pretrained=None, features_only=False, o
         CheckpointMismatchError: ``pretrained`` does not fit the model.
     """
     from .checkpoint import load_weights
+    from .cpu_switch import accelerate_if_enabled
 
     _check_name(name)
     if not features_only:
         net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
         if pretrained:
             load_weights(net, pretrained, model_name=name)
-        return net
-    from .features import HEAD_PREFIXES, FeatureNet, check_out_indices
+    else:
+        from .features import HEAD_PREFIXES, FeatureNet, check_out_indices
 
-    check_out_indices(out_indices)  # before building: a bad value costs no model
-    net = FeatureNet(_ENTRYPOINTS[name](num_classes=0, **overrides), out_indices)
-    if pretrained:
-        load_weights(net, pretrained, model_name=name, ignore=HEAD_PREFIXES)
-    return net
+        check_out_indices(out_indices)  # before building: a bad value costs no model
+        net = FeatureNet(_ENTRYPOINTS[name](num_classes=0, **overrides), out_indices)
+        if pretrained:
+            load_weights(net, pretrained, model_name=name, ignore=HEAD_PREFIXES)
+    return net if portable else accelerate_if_enabled(net)

@@ -17,9 +17,7 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-from .kernels import soft as soft_kernels
-from .layers import Attention, Dense, DropPath, HeadwiseConv, LayerNorm, Mlp, TanhGELU
-from .layers.reduce import sum_last_axis
+from .layers import Attention, DropPath, Mlp
 
 __all__ = ["gaussian_kernel", "GaussianKernel", "NewtonInverse", "NewtonInverseNorm", "SoftKernelAttention",
            "SoftAttention", "SoftBlock", "Block"]
@@ -30,8 +28,7 @@ __all__ = ["gaussian_kernel", "GaussianKernel", "NewtonInverse", "NewtonInverseN
 # landmark counts so that a dynamic batch axis leaves every other axis known at compile time).
 
 
-# Batched products with the transposes as operator flags: ops.matmul on a swapped view (and its gradient)
-# materialises every transpose, which was 11% of a SOFT training step on CPU.
+# Batched products with the transposes as operator flags (no transposed copy of either operand)
 _bmm = ops.BatchMatMul()
 _bmm_a_t = ops.BatchMatMul(transpose_a=True)
 _bmm_b_t = ops.BatchMatMul(transpose_b=True)
@@ -40,34 +37,18 @@ _bmm_b_t = ops.BatchMatMul(transpose_b=True)
 def gaussian_kernel(a, b):
     """G(a, b)_jk = exp(-||a_j - b_k||² / 2) for a [..., n, d] and b [..., m, d] -> [..., n, m].
 
-    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form); the squared norms are
-    summed with matmuls (``layers.reduce``).
+    Squared distances are expanded as |a|² + |b|² - 2 a·b (the reference's form).
     """
-    a_sq = sum_last_axis(a * a)                                                  # [..., n, 1]
-    b_sq = sum_last_axis(b * b)
-    b_sq = b_sq.reshape(b_sq.shape[:-2] + (1, b_sq.shape[-2]))                    # [..., 1, m]
-    dist = a_sq + b_sq - 2.0 * _bmm_b_t(a, b)
-    return ops.exp(-0.5 * dist)
+    a_sq = ops.sum(a * a, -1, keepdim=True)                                      # [..., n, 1]
+    b_sq = ops.sum(b * b, -1, keepdim=True).swapaxes(-1, -2)                     # [..., 1, m]
+    return ops.exp(-0.5 * (a_sq + b_sq - 2.0 * _bmm_b_t(a, b)))
 
 
 class GaussianKernel(nn.Cell):
-    """``gaussian_kernel(a, b)`` with its gradient written out: for W = dL/dG ⊙ G,
-
-        dL/da = W·b - rowsum(W) ⊙ a,    dL/db = Wᵀ·a - colsum(W) ⊙ b,
-
-    the sums as matmuls against ones. Autodiff's gradient of the broadcast |a|² + |b|² reduces over the
-    landmark and token axes with ReduceSum, which is slow on CPU (about 4% of a SOFT training step).
-    Input a [..., n, d], b [..., m, d] -> [..., n, m].
-    """
+    """``gaussian_kernel(a, b)`` as a cell: a [..., n, d], b [..., m, d] -> [..., n, m]."""
 
     def construct(self, a, b):
         return gaussian_kernel(a, b)
-
-    def bprop(self, a, b, out, dout):
-        weights = dout * out                                                      # [..., n, m]
-        row_sums = sum_last_axis(weights)                                        # [..., n, 1]
-        col_sums = _bmm_a_t(weights, ops.ones(weights.shape[:-1] + (1,), weights.dtype))  # [..., m, 1]
-        return _bmm(weights, b) - row_sums * a, _bmm_a_t(weights, a) - col_sums * b
 
 
 def _eye_like(mat):
@@ -81,35 +62,30 @@ def _max_row_sum(mat):
     return mat.sum(axis=-1, keepdims=True).max(axis=-2, keepdims=True)
 
 
-def _newton_steps(inv, mat, iters):
-    """``iters`` Newton-Schulz steps V <- 2V - V·P·V towards P⁻¹."""
+def newton_steps(inv, mat, iters):
+    """``iters`` Newton-Schulz steps V <- 2V - V·P·V towards P⁻¹ (unrolled: ``iters`` is a Python int)."""
     for _ in range(iters):
         inv = 2.0 * inv - ops.matmul(ops.matmul(inv, mat), inv)
     return inv
 
 
 class _InverseWithAnalyticGrad(nn.Cell):
-    """Base of the Newton inverses: the backward treats the output V as the exact inverse of A.
+    """Base of the Newton inverses: the backward treats the output V as the exact inverse of A,
 
-    dL/dA = -Vᵀ (dL/dV) Vᵀ; the Newton steps themselves are never differentiated.
-    Kept in float32 under mixed precision (``keep_fp32``).
+        dL/dA = -Vᵀ (dL/dV) Vᵀ,
 
-    With the SOFT CPU kernels built and allowed (models/kernels/soft.py), a float32 inverse runs as one
-    operator doing every Newton step of every matrix (the same arithmetic; ``use_cpu_kernels`` False
-    gives the standard operators, as export does).
+    instead of differentiating through the Newton steps (the paper's and the reference's gradient). This is
+    the one bprop of the portable model, and the math needs it: autodiff of ``iters`` unrolled steps would
+    keep every intermediate V for the backward (``iters`` times the memory) and give the gradient of the
+    truncated iteration rather than of the inverse. Kept in float32 under mixed precision (``keep_fp32``).
     """
     keep_fp32 = True
-    #: the ``SoftKernels`` operator of the subclass
-    cpu_kernel_name = None
 
     def __init__(self, iters=20):
         super().__init__()
         if not isinstance(iters, int) or iters < 1:
             raise ValueError(f"the Newton iteration count must be a positive int, got {iters!r}")
         self.iters = iters
-        cpu = soft_kernels.load()
-        self.use_cpu_kernels = cpu is not None
-        self.cpu_inverse = getattr(cpu, self.cpu_kernel_name) if cpu is not None else None
 
     def bprop(self, mat, out, dout):
         return (-_bmm_b_t(_bmm_a_t(out, dout), out),)
@@ -120,14 +96,10 @@ class NewtonInverse(_InverseWithAnalyticGrad):
     α = 0.9·2 / (max row sum of A)², P = A + 0.01·I, V₀ = α·P, then ``iters`` Newton steps on P.
     """
 
-    cpu_kernel_name = "newton_inverse"
-
     def construct(self, mat):
-        if self.use_cpu_kernels and mat.dtype == ms.float32:
-            return self.cpu_inverse(mat, ms.Tensor([self.iters], ms.float32))
         alpha = ops.div(1.8, ops.square(_max_row_sum(mat)))
         regularised = mat + 0.01 * _eye_like(mat)
-        return _newton_steps(alpha * regularised, regularised, self.iters)
+        return newton_steps(alpha * regularised, regularised, self.iters)
 
 
 class NewtonInverseNorm(_InverseWithAnalyticGrad):
@@ -136,23 +108,18 @@ class NewtonInverseNorm(_InverseWithAnalyticGrad):
     each matrix on its own (so a sample never depends on its batch-mates); V₀ = αA; then Newton on A.
     """
 
-    cpu_kernel_name = "newton_inverse_norm"
-
     def __init__(self, iters=20, max_halvings=10):
         super().__init__(iters)
         self.max_halvings = max_halvings
 
     def construct(self, mat):
-        if self.use_cpu_kernels and mat.dtype == ms.float32:
-            settings = ms.Tensor([self.iters, self.max_halvings], ms.float32)
-            return self.cpu_inverse(mat, settings)
         alpha = ops.div(2.0, ops.square(_max_row_sum(mat)))
         eye = _eye_like(mat)
         mat_sq = ops.matmul(mat, mat)  # A·(αA) = α·A², so A² is formed once for every trial α
         for _ in range(self.max_halvings):
             col_norm = ops.abs(eye - alpha * mat_sq).sum(axis=-2, keepdims=True).max(axis=-1, keepdims=True)
             alpha = ops.where(col_norm > 1.01, 0.5 * alpha, alpha)
-        return _newton_steps(alpha * mat, mat, self.iters)
+        return newton_steps(alpha * mat, mat, self.iters)
 
 
 class SoftKernelAttention(nn.Cell):
@@ -230,23 +197,32 @@ class SoftAttention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.q_scale = 1.0 / math.sqrt(math.sqrt(self.head_dim))
-        self.q = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
-        self.v = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.q = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.v = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
         self.kernel = SoftKernelAttention(self.head_dim, ratio, newton_iters, norm_inverse, landmark_grid)
-        self.local_conv = HeadwiseConv(num_heads, local_kernel)
-        self.proj = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.local_conv = nn.Conv2d(num_heads, num_heads, local_kernel, pad_mode="pad", padding=local_kernel // 2,
+                                    group=num_heads, has_bias=False)
+        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
 
     def split_heads(self, x):
         """[B, N, D] -> [B, h, N, d]."""
         b, n, _ = x.shape
         return x.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
 
+    def local_term(self, v, height, width):
+        """The per-head k x k convolution of v [B, N, D] (channel c in head c // d): v viewed as
+        [B·d, h, H, W] through ``local_conv`` (groups = h), back to [B, N, D]."""
+        b, n, dim = v.shape
+        grid = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 3, 2, 1)      # [B, d, h, N]
+        out = self.local_conv(grid.reshape(b * self.head_dim, self.num_heads, height, width))
+        return out.reshape(b, self.head_dim, self.num_heads, n).transpose(0, 3, 2, 1).reshape(b, n, dim)
+
     def construct(self, x, height, width):
         v = self.v(x)
         q = self.split_heads(self.q(x)) * self.q_scale
         global_term = self.kernel(q, self.split_heads(v), height, width)          # [B, h, N, d]
         b, _, n, _ = global_term.shape
-        out = global_term.transpose(0, 2, 1, 3).reshape(b, n, -1) + self.local_conv.on_tokens(v, height, width)
+        out = global_term.transpose(0, 2, 1, 3).reshape(b, n, -1) + self.local_term(v, height, width)
         return self.proj(out)
 
 
@@ -269,13 +245,13 @@ class SoftBlock(nn.Cell):
         else:
             raise ValueError(f"attention must be 'soft' or 'softmax', got {attention!r}")
         self.drop1 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
-        self.norm1 = LayerNorm(dim, 1e-5)
+        self.norm1 = nn.LayerNorm((dim,), epsilon=1e-5)
         init = TruncatedNormal(0.02)
-        self.fc1 = Dense(dim, 4 * dim, weight_init=init)
-        self.act = TanhGELU()
-        self.fc2 = Dense(4 * dim, dim, weight_init=init)
+        self.fc1 = nn.Dense(dim, 4 * dim, weight_init=init)
+        self.act = nn.GELU(approximate=True)
+        self.fc2 = nn.Dense(4 * dim, dim, weight_init=init)
         self.drop2 = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim, 1e-5)
+        self.norm2 = nn.LayerNorm((dim,), epsilon=1e-5)
 
     def construct(self, x, height, width):
         x = self.norm1(x + self.drop1(self.attn(x, height, width)))
@@ -287,10 +263,10 @@ class Block(nn.Cell):
 
     def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=True, drop=0.0, attn_drop=0.0, drop_path=0.0):
         super().__init__()
-        self.norm1 = LayerNorm(dim, 1e-6)
+        self.norm1 = nn.LayerNorm((dim,), epsilon=1e-6)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        self.norm2 = LayerNorm(dim, 1e-6)
+        self.norm2 = nn.LayerNorm((dim,), epsilon=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
     def construct(self, x):

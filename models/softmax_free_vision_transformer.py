@@ -12,7 +12,6 @@ from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal, initializer
 
 from .checkpoint import norm_layer_torch_names
-from .layers import Conv2d, Dense, LayerNorm
 from .registry import register_model
 from .softmax_free_transformer import Block, SoftBlock
 
@@ -33,7 +32,7 @@ POS_GRIDS = (56, 28, 14, 7)
 
 
 def _conv_bn_relu(in_ch, out_ch, stride):
-    return [Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="pad", padding=1, has_bias=True),
+    return [nn.Conv2d(in_ch, out_ch, 3, stride=stride, pad_mode="pad", padding=1, has_bias=True),
             nn.BatchNorm2d(out_ch, eps=1e-5, momentum=0.9), nn.ReLU()]
 
 
@@ -150,8 +149,8 @@ class SoftmaxFreeVisionTransformer(nn.Cell):
         self.pos_drop = nn.Dropout(p=drop_rate) if drop_rate > 0 else nn.Identity()
         self.cls_token = ms.Parameter(initializer(TruncatedNormal(0.02), (1, 1, embed_dims[3]), ms.float32),
                                       name="cls_token")
-        self.norm = LayerNorm(embed_dims[3], 1e-6)
-        self.head = Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
+        self.norm = nn.LayerNorm((embed_dims[3],), epsilon=1e-6)
+        self.head = nn.Dense(embed_dims[3], num_classes, weight_init=TruncatedNormal(0.02)) \
             if num_classes > 0 else nn.Identity()
 
     def no_weight_decay(self):

@@ -11,16 +11,12 @@ Module and parameter paths are the reference PyTorch code's (``patch_embed.0.wei
 ``network.0.2.attn.to_query.weight``, ...), so importing its checkpoints only renames the BatchNorm
 parameters (see ``torch_param_names``).
 
-Each block's ``construct`` is the paper's formula; training and plain evaluation run it. For inference
-``models.fuse_for_inference(net)`` calls every block's ``reparameterize()`` once: BatchNorm is folded
-into the convolution next to it, the attention is evaluated channels-first in a re-associated order
-(``AdditiveAttentionInference``), the head pools before its (then affine) BatchNorm, and where the CPU
-kernels of ``models/kernels`` are built (``make kernels``) and allowed (``SOFT_CPU_KERNELS``, default
-``auto``) bias + activation, the depthwise convolution, the key/query normalisation and the layer-scaled
-residuals run as fused ``Custom`` operators. The fused network gives the same outputs (<= 1e-6 relative).
-In training mode the same switch lets ``GELU``, ``DepthwiseConv3x3`` and ``ScaledResidual`` run the training
-kernels of ``models/kernels/swiftformer_train_cpu.cc`` (each with its gradient kernel; tested against the
-standard operators); the blocks' formulas do not change.
+Each block's ``construct`` is the paper's formula in plain MindSpore operators; training and plain evaluation
+run it, on every device. For inference ``models.fuse_for_inference(net)`` calls every block's
+``reparameterize()`` once: BatchNorm is folded into the convolution next to it, the attention is evaluated
+channels-first in a re-associated order (``AdditiveAttentionInference``), and the head pools before its (then
+affine) BatchNorm. The fused network gives the same outputs (<= 1e-6 relative). On CPU the speed layer
+``models.cpu`` rewrites both forms (fused kernels, faster gradients); nothing here depends on it.
 
     >>> from models import create_model, fuse_for_inference
     >>> net = create_model("SwiftFormer_XS")            # 3,475,360 parameters
@@ -35,15 +31,13 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.common.initializer import Normal, TruncatedNormal, initializer
 
-from . import kernels
 from .checkpoint import norm_layer_torch_names
-from .layers import Conv2d, Dense, DropPath, KernelActivation
-from .layers.reduce import sum_channels, sum_pixels
+from .layers import DropPath
 from .registry import register_model
 
-__all__ = ["SwiftFormer", "EfficientAdditiveAttention", "L2Normalize", "SwiftFormerEncoder", "ConvEncoder",
-           "ConvMlp", "Embedding", "Stem", "GELU", "DepthwiseConv3x3", "ScaledResidual", "AdditiveAttentionInference", "VARIANTS", "torch_param_names",
-           "variant_overrides_from_torch"]
+__all__ = ["SwiftFormer", "EfficientAdditiveAttention", "L2Normalize", "ChannelLinear", "SwiftFormerEncoder",
+           "ConvEncoder", "ConvMlp", "Embedding", "Stem", "ScaledResidual", "AdditiveAttentionInference", "VARIANTS",
+           "torch_param_names", "variant_overrides_from_torch"]
 
 #: variant name -> (widths C_i, depths n_i); SPEC section 5
 VARIANTS = {
@@ -61,8 +55,8 @@ _L2_EPS = 1e-12
 
 def _conv(in_ch, out_ch, kernel, stride=1, group=1):
     """Conv2d with the reference's padding (k // 2), bias, and truncated-normal(0.02) weights."""
-    return Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=kernel // 2,
-                  group=group, has_bias=True, weight_init=TruncatedNormal(0.02), bias_init="zeros")
+    return nn.Conv2d(in_ch, out_ch, kernel, stride=stride, pad_mode="pad", padding=kernel // 2,
+                     group=group, has_bias=True, weight_init=TruncatedNormal(0.02), bias_init="zeros")
 
 
 def _bn(ch):
@@ -71,7 +65,11 @@ def _bn(ch):
 
 
 def _dense(in_ch, out_ch):
-    return Dense(in_ch, out_ch, weight_init=TruncatedNormal(0.02), bias_init="zeros")
+    return nn.Dense(in_ch, out_ch, weight_init=TruncatedNormal(0.02), bias_init="zeros")
+
+
+def _channel_linear(in_ch, out_ch):
+    return ChannelLinear(in_ch, out_ch, weight_init=TruncatedNormal(0.02), bias_init="zeros")
 
 
 def _layer_scale(ch, value):
@@ -80,125 +78,42 @@ def _layer_scale(ch, value):
 
 
 class L2Normalize(nn.Cell):
-    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize) for x [B, C, H, W] and ``axis`` 1 or (2, 3).
-
-    Written as x / sqrt(max(|x|², 1e-24)) (the same values) with the sums as matmuls and the gradient written
-    out: for y = x / n,  dx = (dy - y · Σ(dy ⊙ y)) / n  (dy / n where n is clamped to 1e-12). Autodiff's
-    gradient reduces the broadcast norm with ReduceSum, slow on CPU."""
+    """x / max(|x|_2, 1e-12) along ``axis`` (PyTorch's F.normalize), written as x / sqrt(max(Σx², 1e-24)) (the
+    same values, and autodiff then gives F.normalize's gradient everywhere, a zero vector included), computed in
+    float32 whatever the input dtype (under mixed precision the sum of squares would overflow float16, and its
+    1e-24 floor underflow it). x [B, C, H, W]; ``axis`` 1 (channels) or (2, 3) (the H x W pixels)."""
 
     def __init__(self, axis):
         super().__init__()
         if axis not in (1, (2, 3)):
             raise ValueError(f"L2Normalize axis must be 1 or (2, 3), got {axis!r}")
+        self.axis = axis
         self.over_channels = axis == 1
 
-    def _sum(self, x):
-        return sum_channels(x) if self.over_channels else sum_pixels(x)
+    def construct(self, x):
+        values = ops.cast(x, ms.float32)
+        squares = ops.sum(values * values, self.axis, keepdim=True)
+        return ops.cast(values / ops.sqrt(ops.maximum(squares, _L2_EPS * _L2_EPS)), x.dtype)
+
+
+class ChannelLinear(nn.Dense):
+    """``nn.Dense`` (the same ``weight`` [out, in] and ``bias`` [out]) applied to the channels of every pixel of
+    a channels-first map: x [B, C_in, H, W] -> [B, C_out, H, W], i.e. the Linear layer of the reference on the
+    tokens [B, H·W, C_in], computed as a 1x1 convolution with its weight so that the map is never transposed."""
 
     def construct(self, x):
-        return x / ops.sqrt(ops.maximum(self._sum(x * x), _L2_EPS * _L2_EPS))
-
-    def bprop(self, x, out, dout):
-        squares = self._sum(x * x)
-        norm = ops.sqrt(ops.maximum(squares, _L2_EPS * _L2_EPS))
-        along = ops.cast(squares > _L2_EPS * _L2_EPS, x.dtype) * self._sum(dout * out)
-        return ((dout - out * along) / norm,)
-
-
-def _attach_training_kernel(cell, kernel_cell, allowed=True):
-    """Give ``cell`` its training kernel: ``cell.kernel = kernel_cell(cpu)`` and ``use_training_kernels`` True
-    when ``allowed`` and the training kernels are built and switched on (``kernels.load_training()``)."""
-    cpu = kernels.load_training() if allowed else None
-    cell.use_training_kernels = cpu is not None
-    if cpu is not None:
-        cell.kernel = kernel_cell(cpu)
-
-
-class GELU(nn.Cell):
-    """Exact GELU, x * Phi(x), any shape. In training mode, where the training kernels of ``models/kernels``
-    are built and allowed (``SOFT_CPU_KERNELS``), a float32 input runs as one kernel forward and backward
-    (MindSpore's own GELU gradient is several times slower on CPU); otherwise, and always in evaluation mode
-    (so that an evaluation graph exports without ``Custom`` operators), ``nn.GELU``.
-    """
-
-    def __init__(self):
-        super().__init__()
-        _attach_training_kernel(self, lambda cpu: KernelActivation(cpu.gelu, cpu.gelu_grad))
-        self.act = nn.GELU(approximate=False)
-
-    def construct(self, x):
-        if self.use_training_kernels and self.training and x.dtype == ms.float32:
-            return self.kernel(x)
-        return self.act(x)
-
-
-class _KernelDepthwise3x3(nn.Cell):
-    """(x [B, C, H, W], weight [C, 1, 3, 3]) -> the 3x3 depthwise convolution (stride 1, zero padding 1) as the CPU
-    training kernel. Its input gradient is the same convolution of dout with the weight rotated by 180 degrees."""
-
-    def __init__(self, cpu):
-        super().__init__()
-        self.depthwise3x3 = cpu.depthwise3x3
-        self.filter_grad = cpu.depthwise3x3_filter_grad
-
-    def construct(self, x, weight):
-        return self.depthwise3x3(x, weight)
-
-    def bprop(self, x, weight, out, dout):
-        return self.depthwise3x3(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
-
-
-class DepthwiseConv3x3(Conv2d):
-    """The 3x3 depthwise convolution of a ``ConvEncoder`` (a ``layers.Conv2d``: weight [C, 1, 3, 3], bias [C]).
-
-    In training mode, where the training kernels are built and allowed, a float32 input runs as the kernel
-    forward and backward (oneDNN's filter gradient of a depthwise convolution is the slowest operator of a
-    training step on CPU).
-    """
-
-    def __init__(self, dim):
-        super().__init__(dim, dim, 3, pad_mode="pad", padding=1, group=dim, has_bias=True,
-                         weight_init=TruncatedNormal(0.02), bias_init="zeros")
-        _attach_training_kernel(self, _KernelDepthwise3x3)
-
-    def construct(self, x):
-        if self.use_training_kernels and self.training and x.dtype == ms.float32:
-            return self.bias_add(self.kernel(x, self.weight), self.bias)
-        return self.bias_add(self.conv2d(x, self.weight), self.bias)
-
-
-class _KernelScaledResidual(nn.Cell):
-    """(x, scale, branch) -> x + scale * branch as the CPU training kernel, with one gradient kernel for the
-    branch and the scale (the layer scale's gradient is a reduction over batch and pixels)."""
-
-    def __init__(self, cpu):
-        super().__init__()
-        self.scale_residual = cpu.scale_residual
-        self.scale_residual_grad = cpu.scale_residual_grad
-
-    def construct(self, x, scale, branch):
-        return self.scale_residual(x, branch, scale)
-
-    def bprop(self, x, scale, branch, out, dout):
-        dbranch, dscale = self.scale_residual_grad(dout, branch, scale)
-        return dout, dscale, dbranch
+        out = ops.conv2d(x, self.weight.reshape(self.out_channels, self.in_channels, 1, 1))
+        return self.bias_add(out, self.bias) if self.has_bias else out
 
 
 class ScaledResidual(nn.Cell):
-    """(x, scale, branch) -> x + drop_path(scale * branch); x, branch [B, C, H, W], scale [C, 1, 1].
-
-    In training mode without stochastic depth, where the training kernels are built and allowed, a float32
-    input runs as one kernel forward and backward.
-    """
+    """(x, scale, branch) -> x + drop_path(scale * branch); x, branch [B, C, H, W], scale [C, 1, 1]."""
 
     def __init__(self, drop_path=0.0):
         super().__init__()
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
-        _attach_training_kernel(self, _KernelScaledResidual, allowed=drop_path == 0)
 
     def construct(self, x, scale, branch):
-        if self.use_training_kernels and self.training and x.dtype == ms.float32:
-            return self.kernel(x, scale, branch)
         return x + self.drop_path(scale * branch)
 
 
@@ -219,11 +134,10 @@ class Stem(nn.SequentialCell):
         """Fold each BN into its convolution: [Conv, BiasActivation(relu)] x 2."""
         if not isinstance(self[1], nn.BatchNorm2d):
             return
-        cpu = kernels.load()
         fused = []
         for conv, bn in ((self[0], self[1]), (self[3], self[4])):
             weight, bias = _fold_bn_after(conv, bn)
-            fused += [Conv(weight, stride=2, padding=1), BiasActivation(bias, "relu", cpu)]
+            fused += [Conv(weight, stride=2, padding=1), BiasActivation(bias, "relu")]
         del self[:]
         for cell in fused:
             self.append(cell)
@@ -261,10 +175,10 @@ class ConvEncoder(nn.Cell):
 
     def __init__(self, dim, hidden, drop_path=0.0):
         super().__init__()
-        self.dwconv = DepthwiseConv3x3(dim)
+        self.dwconv = _conv(dim, dim, 3, group=dim)
         self.norm = _bn(dim)
         self.pwconv1 = _conv(dim, hidden, 1)
-        self.act = GELU()
+        self.act = nn.GELU(approximate=False)
         self.pwconv2 = _conv(hidden, dim, 1)
         self.residual = ScaledResidual(drop_path)  # x + drop_path(layer_scale * branch)
         self.layer_scale = _layer_scale(dim, 1.0)
@@ -278,7 +192,7 @@ class ConvEncoder(nn.Cell):
     def reparameterize(self):
         """Replace the block by ``ConvEncoderInference`` (BN folded into pwconv1)."""
         if self.inference is None:
-            self.inference = ConvEncoderInference(self, kernels.load())
+            self.inference = ConvEncoderInference(self)
             for name in ("dwconv", "norm", "pwconv1", "act", "pwconv2", "residual", "layer_scale"):
                 delattr(self, name)
 
@@ -290,22 +204,12 @@ class ConvMlp(nn.Cell):
         super().__init__()
         self.norm1 = _bn(dim)
         self.fc1 = _conv(dim, hidden, 1)
-        self.act = GELU()
+        self.act = nn.GELU(approximate=False)
         self.fc2 = _conv(hidden, dim, 1)
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
     def construct(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(self.norm1(x))))))
-
-
-def _pointwise(dense, x):
-    """A Linear layer applied to every pixel of a channels-first map: x [B, C_in, H, W] -> [B, C_out, H, W].
-
-    The same arithmetic as ``dense`` on tokens [B, H*W, C_in], run as a 1x1 convolution with its weight, so
-    the map needs no transpose into tokens and back.
-    """
-    out_ch, in_ch = dense.weight.shape
-    return dense.bias_add(ops.conv2d(x, dense.weight.reshape(out_ch, in_ch, 1, 1)), dense.bias)
 
 
 class EfficientAdditiveAttention(nn.Cell):
@@ -324,25 +228,25 @@ class EfficientAdditiveAttention(nn.Cell):
     def __init__(self, dim):
         super().__init__()
         self.dim = dim
-        self.to_query = _dense(dim, dim)
-        self.to_key = _dense(dim, dim)
+        self.to_query = _channel_linear(dim, dim)
+        self.to_key = _channel_linear(dim, dim)
         self.w_g = ms.Parameter(initializer(Normal(1.0), (dim, 1), ms.float32))
         self.scale_factor = dim ** -0.5
-        self.Proj = _dense(dim, dim)  # pylint: disable=invalid-name  (the reference's name)
-        self.final = _dense(dim, dim)
+        self.Proj = _channel_linear(dim, dim)  # pylint: disable=invalid-name  (the reference's name)
+        self.final = _channel_linear(dim, dim)
         self.normalize_channels = L2Normalize(1)
         self.normalize_tokens = L2Normalize((2, 3))
 
     def construct(self, x):
         query, weights = self._query_and_token_weights(x)
-        key = self.normalize_channels(_pointwise(self.to_key, x))
+        key = self.normalize_channels(self.to_key(x))
         b, c, h, w = query.shape
         global_query = ops.bmm(query.reshape(b, c, h * w), weights.reshape(b, h * w, 1)).reshape(b, c, 1, 1)
-        return _pointwise(self.final, _pointwise(self.Proj, global_query * key) + query)
+        return self.final(self.Proj(global_query * key) + query)
 
     def _query_and_token_weights(self, x):
         """q [B, C, H, W] and a [B, 1, H, W] of the map x [B, C, H, W]."""
-        query = self.normalize_channels(_pointwise(self.to_query, x))
+        query = self.normalize_channels(self.to_query(x))
         w_g_dot_q = ops.conv2d(query, self.w_g.reshape(1, self.dim, 1, 1))             # w_g . q_n per token
         return query, self.normalize_tokens(w_g_dot_q * self.scale_factor)
 
@@ -387,7 +291,7 @@ class SwiftFormerEncoder(nn.Cell):
     def reparameterize(self):
         """Replace the block by ``SwiftFormerEncoderInference`` (its local representation is fused first)."""
         if self.inference is None:
-            self.inference = SwiftFormerEncoderInference(self, kernels.load())
+            self.inference = SwiftFormerEncoderInference(self)
             for name in ("local_representation", "attn", "linear", "attn_residual", "mlp_residual", "layer_scale_1",
                          "layer_scale_2"):
                 delattr(self, name)
@@ -545,8 +449,7 @@ def SwiftFormer_L3(num_classes=1000, **overrides):  # pylint: disable=invalid-na
 
 # ----------------------------------------------------------------------------------------------------
 # Inference forms, built once by the blocks' reparameterize() (models.fuse_for_inference). Weights are
-# folded in float64 and stored as float32 constants; ``use_cpu_kernels`` picks the Custom operators of
-# models/kernels (float32 inputs only) and is switched off by models.export_utils.prepare_for_export.
+# folded in float64 and stored as float32 constants.
 
 def _np(param):
     return param.asnumpy().astype(np.float64)
@@ -575,25 +478,17 @@ def _const(array):
 
 
 class Conv(nn.Cell):
-    """Inference convolution with fixed weights: x [B, C_in, H, W] -> conv(x, weight) (+ bias [C_out]).
+    """Inference convolution with fixed weights: x [B, C_in, H, W] -> conv(x, weight) (+ bias [C_out])."""
 
-    A 3x3 depthwise convolution (stride 1, no bias) runs as the CPU kernel when one is given.
-    """
-
-    def __init__(self, weight, bias=None, stride=1, padding=0, group=1, cpu=None):
+    def __init__(self, weight, bias=None, stride=1, padding=0, group=1):
         super().__init__()
         out_ch, _, kh, kw = weight.shape
+        self.stride, self.padding, self.group = stride, padding, group
         self.weight = _const(weight)
         self.bias = None if bias is None else _const(bias)
         self.conv2d = ops.Conv2D(out_ch, (kh, kw), pad_mode="pad", pad=padding, stride=stride, group=group)
-        depthwise3x3 = group == out_ch and (kh, kw) == (3, 3) and stride == 1 and padding == 1 and bias is None
-        self.use_cpu_kernels = cpu is not None and depthwise3x3
-        if self.use_cpu_kernels:
-            self.kernel = cpu.depthwise3x3
 
     def construct(self, x):
-        if self.use_cpu_kernels and x.dtype == ms.float32:
-            return self.kernel(x, self.weight)
         y = self.conv2d(x, self.weight)
         if self.bias is None:
             return y
@@ -601,36 +496,27 @@ class Conv(nn.Cell):
 
 
 class BiasActivation(nn.Cell):
-    """act(x + bias[c]) for x [B, C, ...], act "relu" or "gelu" (exact); the CPU kernel when one is given."""
+    """act(x + bias[c]) for x [B, C, ...], act "relu" or "gelu" (exact)."""
 
-    def __init__(self, bias, activation, cpu=None):
+    def __init__(self, bias, activation):
         super().__init__()
+        self.activation = activation
         self.bias = _const(np.reshape(bias, (-1, 1, 1)))  # [C, 1, 1]: a lone BiasAdd exports to ONNX wrongly
         self.act = nn.ReLU() if activation == "relu" else nn.GELU(approximate=False)
-        self.use_cpu_kernels = cpu is not None
-        if self.use_cpu_kernels:
-            self.kernel = cpu.bias_relu if activation == "relu" else cpu.bias_gelu
 
     def construct(self, x):
-        if self.use_cpu_kernels and x.dtype == ms.float32:
-            return self.kernel(x, self.bias)
         return self.act(x + self.bias)
 
 
 class LayerScaleResidual(nn.Cell):
     """(x, z) -> x + scale * (z + bias), x and z [B, C, H, W], scale [C, 1, 1], bias [C] (fixed)."""
 
-    def __init__(self, scale, bias, cpu=None):
+    def __init__(self, scale, bias):
         super().__init__()
         self.scale = _const(scale)
         self.bias = _const(np.reshape(bias, (-1, 1, 1)))
-        self.use_cpu_kernels = cpu is not None
-        if self.use_cpu_kernels:
-            self.kernel = cpu.scale_residual
 
     def construct(self, x, z):
-        if self.use_cpu_kernels and x.dtype == ms.float32:
-            return self.kernel(x, z, self.scale, self.bias)
         return x + self.scale * (z + self.bias)
 
 
@@ -652,16 +538,16 @@ class ConvEncoderInference(nn.Cell):
         x + layer_scale * (W_2 GELU(W_1 diag(s) dw(x) + b_1') + b_2),   b_1' = b_1 + W_1 (s * b_dw + t)
     """
 
-    def __init__(self, block, cpu=None):
+    def __init__(self, block):
         super().__init__()
         dim = block.dwconv.weight.shape[0]
         scale, shift = _bn_affine(block.norm)
         w1, b1 = _fold_bn_before_pointwise(block.pwconv1, scale, scale * _np(block.dwconv.bias) + shift)
-        self.dwconv = Conv(_np(block.dwconv.weight), padding=1, group=dim, cpu=cpu)
+        self.dwconv = Conv(_np(block.dwconv.weight), padding=1, group=dim)
         self.pwconv1 = Conv(w1)
-        self.act = BiasActivation(b1, "gelu", cpu)
+        self.act = BiasActivation(b1, "gelu")
         self.pwconv2 = Conv(_np(block.pwconv2.weight))
-        self.residual = LayerScaleResidual(_np(block.layer_scale), _np(block.pwconv2.bias), cpu)
+        self.residual = LayerScaleResidual(_np(block.layer_scale), _np(block.pwconv2.bias))
 
     def construct(self, x):
         return self.residual(x, self.pwconv2(self.act(self.pwconv1(self.dwconv(x)))))
@@ -677,10 +563,9 @@ class AdditiveAttentionInference(nn.Cell):
     * q . w_g = (w_g^T W_q) t + w_g . b_q, one weight row applied to x instead of a pass over q;
     * final(Proj(g * k) + q) = [W_f W_p diag(g) | W_f] @ [k; q] + (W_f b_p + b_f): one batched matmul
       (the C x 2C matrix per sample is cheap to form).
-    With the CPU kernel, the bias, both norms and a come from one pass over [k; q].
     """
 
-    def __init__(self, attn, cpu=None):
+    def __init__(self, attn):
         super().__init__()
         dim = attn.dim
         w_q, b_q = _np(attn.to_query.weight), _np(attn.to_query.bias)
@@ -693,25 +578,19 @@ class AdditiveAttentionInference(nn.Cell):
         self.key_query_bias = _const(np.concatenate([b_k, b_q]).reshape(-1, 1, 1))
         self.query_row = _const((w_g @ w_q).reshape(1, dim, 1, 1))
         self.query_row_bias = _const(np.reshape(w_g @ b_q, (1, 1, 1)))
-        self.global_query_weight = _const(w_g)
+        self.global_query_weight = _const(w_g)  # w_g C^-0.5 [C]: a = global_query_weight . q_n
         self.output_weight = _const(np.concatenate([w_f @ w_p, w_f], axis=1))  # [C, 2C]
         self.bias = w_f @ b_p + b_f  # float64 [C], for the caller's residual
         pair_sum = np.zeros((2, 2 * dim, 1, 1), np.float32)  # rows 0 / 1 sum the k / q halves
         pair_sum[0, :dim] = 1.0
         pair_sum[1, dim:] = 1.0
         self.pair_sum = ms.Tensor(pair_sum)
-        self.use_cpu_kernels = cpu is not None
-        if self.use_cpu_kernels:
-            self.key_query_norm = cpu.key_query_norm
 
     def _keys_queries(self, x):
         """x [B, C, H, W] -> ([k; q] [B, 2C, N], unit-norm tokens; a [B, 1, N] before its norm over N)."""
         b, c, h, w = x.shape
         n = h * w
-        kq = ops.conv2d(x, self.key_query_weight)
-        if self.use_cpu_kernels and x.dtype == ms.float32:
-            return self.key_query_norm(kq.reshape(b, 2 * c, n), self.key_query_bias, self.global_query_weight)
-        kq = kq + self.key_query_bias
+        kq = ops.conv2d(x, self.key_query_weight) + self.key_query_bias
         squares = ops.conv2d(kq * kq, self.pair_sum).reshape(b, 2, 1, n)
         inv_norm = ops.div(1.0, ops.maximum(ops.sqrt(squares), _L2_EPS))  # ops.div: not an ONNX Reciprocal
         kq = (kq.reshape(b, 2, c, n) * inv_norm).reshape(b, 2 * c, n)
@@ -733,17 +612,17 @@ class SwiftFormerEncoderInference(nn.Cell):
         x = local_representation(x); x = x + ls1 * (z_attn + b_attn); x = x + ls2 * (W_2 GELU(fc1'(x)) + b_2)
     """
 
-    def __init__(self, block, cpu=None):
+    def __init__(self, block):
         super().__init__()
         mlp = block.linear
         self.local_representation = block.local_representation  # already reparameterized (children first)
-        self.attn = AdditiveAttentionInference(block.attn, cpu)
-        self.attn_residual = LayerScaleResidual(_np(block.layer_scale_1), self.attn.bias, cpu)
+        self.attn = AdditiveAttentionInference(block.attn)
+        self.attn_residual = LayerScaleResidual(_np(block.layer_scale_1), self.attn.bias)
         w1, b1 = _fold_bn_before_pointwise(mlp.fc1, *_bn_affine(mlp.norm1))
         self.fc1 = Conv(w1)
-        self.act = BiasActivation(b1, "gelu", cpu)
+        self.act = BiasActivation(b1, "gelu")
         self.fc2 = Conv(_np(mlp.fc2.weight))
-        self.mlp_residual = LayerScaleResidual(_np(block.layer_scale_2), _np(mlp.fc2.bias), cpu)
+        self.mlp_residual = LayerScaleResidual(_np(block.layer_scale_2), _np(mlp.fc2.bias))
 
     def construct(self, x):
         x = self.local_representation(x)

@@ -11,12 +11,14 @@ train      ``drop_path_rate``; ``pretrained`` weights (strict); mixed precision 
 eval       the checkpoint (strict; the EMA weights when ``model_ema``); the one-time inference pass
            ``models.fuse_for_inference``; mixed precision; evaluation mode
 infer      as eval
-export     the checkpoint; the inference pass; float32 (the exporter writes what it is given)
+export     the portable network (never the CPU speed layer: the file must run anywhere); the checkpoint; the
+           inference pass; float32 (the exporter writes what it is given)
 =========  ======================================================================================
 
 ``meta`` is the checkpoint's metadata (``models.checkpoint.META_KEYS``; {} without a checkpoint).
 """
 import mindspore as ms
+from mindspore import nn
 
 from models import create_model, fuse_for_inference, load_weights, model_family
 
@@ -34,7 +36,8 @@ def model_options(config):
 
 
 def apply_amp(net, amp_level):
-    """Mixed precision ``amp_level`` (O0 / O1 / O2 / O3); cells with ``keep_fp32 = True`` stay float32."""
+    """Mixed precision ``amp_level`` (O0 / O1 / O2 / O3); layer normalisations and cells with ``keep_fp32 = True``
+    (the SOFT landmark attention and Newton inverses) stay float32 at every level."""
     level = str(amp_level or "O0").upper()
     if level not in ("O0", "O1", "O2", "O3"):
         raise ValueError(f"amp_level must be one of O0, O1, O2, O3, got {amp_level!r}.")
@@ -42,17 +45,17 @@ def apply_amp(net, amp_level):
         return net
     net = ms.amp.auto_mixed_precision(net, level)
     for _, cell in net.cells_and_names():
-        if getattr(cell, "keep_fp32", False):
+        if isinstance(cell, nn.LayerNorm) or getattr(cell, "keep_fp32", False):
             cell.to_float(ms.float32)
     return net
 
 
-def _create(config, **extra):
+def _create(config, portable=False, **extra):
     name = str(config.backbone)
     options = model_options(config)
     options.update(extra)
     try:
-        return create_model(name, num_classes=int(config.class_num), **options)
+        return create_model(name, num_classes=int(config.class_num), portable=portable, **options)
     except TypeError as err:
         family = model_family(name).__name__.rsplit(".", 1)[-1]
         raise ValueError(f"model_args {options} do not fit {name} ({family}): {err}") from None
@@ -79,7 +82,7 @@ def build_network(config, purpose="train", checkpoint=None, random_weights=False
     path = str(checkpoint or config.checkpoint_file_path or "")
     if not path and not random_weights:
         raise ValueError("Set --checkpoint_file_path (or --ckpt_file) to the checkpoint to use.")
-    net = _create(config)
+    net = _create(config, portable=purpose == "export")
     if path:
         meta = load_weights(net, path, use_ema=bool(config.model_ema), model_name=name)
     fuse_for_inference(net)

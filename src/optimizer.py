@@ -18,7 +18,7 @@ from mindspore import nn, ops
 from mindspore.ops import functional as F
 
 __all__ = ["parse_name_filter", "model_no_weight_decay", "uses_weight_decay", "split_weight_decay", "AdamW",
-           "build_optimizer", "GradientPreprocess", "gc_mask", "flatten"]
+           "build_optimizer", "GradientPreprocess", "SquaredNorm", "gc_mask"]
 
 
 def parse_name_filter(value):
@@ -190,14 +190,20 @@ def _tensor_square_sum(grad):
     return ops.reduce_sum(ops.square(grad))
 
 
-def flatten(tensors):
-    """A tuple of tensors as one float32 vector [sum of their sizes] (their elements in order): one Concat."""
-    return ops.concat(tuple(ops.cast(t, ms.float32).reshape(-1) for t in tensors))
+class SquaredNorm(nn.Cell):
+    """The squared global norm of a tuple of gradients: Square + ReduceSum per gradient, then AddN.
+    ``finite(grads)``: ``mindspore.amp.all_finite``. (The CPU speed layer's ``models.cpu.FlatSquaredNorm`` has
+    the same interface.)"""
 
+    def __init__(self):
+        super().__init__()
+        self.hyper_map = ops.HyperMap()
 
-def _self_dot(vector):
-    """Σ vector² as the matmul [1, n] x [n, 1] (on CPU several times faster than Square + ReduceSum)."""
-    return ops.matmul(vector.reshape(1, -1), vector.reshape(-1, 1)).reshape(())
+    def construct(self, grads):
+        return ops.addn(self.hyper_map(_square_sum, grads))
+
+    def finite(self, grads):
+        return ms.amp.all_finite(grads)
 
 
 _scale_by = ops.MultitypeFuncGraph("scale_by")
@@ -215,12 +221,9 @@ class GradientPreprocess(nn.Cell):
     unscaling by ``scale`` and clipping to a global norm, in as few passes over the gradients as possible:
     with clipping, one pass sums the squares (the global norm; a NaN or Inf anywhere makes it non-finite,
     so it is also the finiteness check) and one pass multiplies every gradient by clip / max(norm, clip) /
-    scale; without it, ``mindspore.amp.all_finite`` and (for a scale other than 1) one multiply by 1 / scale.
-    A gradient so large that its squares overflow float32 counts as not finite (the step is skipped).
-    On CPU the sum of squares is one Concat of all gradients and one matmul (a model has hundreds of
-    gradients, and on CPU the launch of each small operator costs more than its arithmetic), which also serves
-    as the finiteness check without clipping; other devices use Square + ReduceSum per gradient and
-    ``all_finite`` (a float32 matmul may run at reduced precision on Ascend's cube unit).
+    scale; without it, the finiteness check (``squared_norm.finite``) and (for a scale other than 1) one
+    multiply by 1 / scale. A gradient so large that its squares overflow float32 counts as not finite (the step
+    is skipped).
 
     Args:
         params: the optimizer's parameters (their order is the order of the gradients).
@@ -229,12 +232,14 @@ class GradientPreprocess(nn.Cell):
         clip_grad: maximum global L2 norm of the unscaled gradients (``torch.nn.utils.clip_grad_norm_``;
             MindSpore's ``clip_by_global_norm`` factor); 0 or None disables clipping.
         unscale: False when the loss scale is a constant 1 (the multiply by 1 / scale is left out).
+        squared_norm: the cell that sums the squares and checks finiteness (default ``SquaredNorm()``; the
+            train step of a network rewritten by the CPU speed layer passes ``models.cpu.FlatSquaredNorm()``).
 
     Inputs: ``grads`` (tuple of float32 tensors, loss-scaled), ``scale`` (scalar float32 loss scale).
     Outputs: (tuple of tensors, scalar bool).
     """
 
-    def __init__(self, params, gc_flag=False, clip_grad=0.0, unscale=True):
+    def __init__(self, params, gc_flag=False, clip_grad=0.0, unscale=True, squared_norm=None):
         super().__init__(auto_prefix=False)
         self.gc_flags = gc_mask(params) if gc_flag else tuple(False for _ in params)
         self.use_gc = bool(gc_flag) and any(self.gc_flags)
@@ -242,8 +247,7 @@ class GradientPreprocess(nn.Cell):
         self.use_clip = self.clip > 0
         self.unscale = bool(unscale)
         self.hyper_map = ops.HyperMap()
-        #: the sum of squares as one Concat + matmul (CPU); False: Square + ReduceSum and ``amp.all_finite``
-        self.use_flat_sum = ms.get_context("device_target") == "CPU"
+        self.squared_norm = squared_norm if squared_norm is not None else SquaredNorm()
 
     @staticmethod
     def _centralize(flag, grad):
@@ -252,23 +256,15 @@ class GradientPreprocess(nn.Cell):
             return grad - grad.mean(axis=axes, keep_dims=True)
         return grad
 
-    def _sum_of_squares(self, grads):
-        if self.use_flat_sum:
-            return _self_dot(flatten(grads))
-        return ops.addn(self.hyper_map(_square_sum, grads))
-
     def construct(self, grads, scale):
         if self.use_gc:
             grads = tuple(self._centralize(f, g) for f, g in zip(self.gc_flags, grads))
         if self.use_clip:
-            norm = ops.sqrt(self._sum_of_squares(grads)) / scale
+            norm = ops.sqrt(self.squared_norm(grads)) / scale
             finite = ops.isfinite(norm)
             factor = self.clip / ops.maximum(norm, self.clip) / scale
             return self.hyper_map(F.partial(_scale_by, factor), grads), finite
-        if self.use_flat_sum:
-            finite = ops.isfinite(self._sum_of_squares(grads))
-        else:
-            finite = ms.amp.all_finite(grads)
+        finite = self.squared_norm.finite(grads)
         if self.unscale:
             grads = self.hyper_map(F.partial(_scale_by, 1.0 / scale), grads)
         return grads, finite

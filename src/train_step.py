@@ -33,8 +33,9 @@ import mindspore as ms
 from mindspore import nn, ops
 from mindspore.ops import functional as F
 
+from models import is_accelerated
 from src.cross_entropy import DistillationLoss, get_loss
-from src.optimizer import GradientPreprocess, build_optimizer, flatten
+from src.optimizer import GradientPreprocess, build_optimizer
 
 __all__ = ["TrainStep", "NetWithLoss", "FrozenTeacher", "build_teacher", "build_train_step"]
 
@@ -53,6 +54,11 @@ def _unwrap(net):
     while hasattr(net, "_backbone"):
         net = net._backbone  # pylint: disable=protected-access
     return net
+
+
+def _flatten(tensors):
+    """A tuple of tensors as one float32 vector [sum of their sizes] (their elements in order): one Concat."""
+    return ops.concat(tuple(ops.cast(t, ms.float32).reshape(-1) for t in tensors))
 
 
 def _scalar(value, dtype, name):
@@ -147,7 +153,8 @@ class TrainStep(nn.Cell):
         loss_scale: the (initial) loss scale; a constant 1 skips the unscaling multiply.
         dynamic_loss_scale: halve the scale (never below 1) on non-finite gradients, double it after
             ``scale_window`` finite steps in a row.
-        gc_flag, clip_grad: see ``src.optimizer.GradientPreprocess``.
+        gc_flag, clip_grad: see ``src.optimizer.GradientPreprocess`` (for a network rewritten by the CPU speed
+            layer, ``models.is_accelerated``, its global norm is the layer's ``FlatSquaredNorm``).
         rank_size: > 1 averages the gradients over the data-parallel group.
         ema_decay: None, or the decay of the moving average of every backbone parameter (``ema.<name>``).
 
@@ -164,8 +171,13 @@ class TrainStep(nn.Cell):
         self.weights = optimizer.parameters
         self.grad = ops.GradOperation(get_by_list=True, sens_param=True)
         self.hyper_map = ops.HyperMap()
+        squared_norm = None
+        if is_accelerated(self.network):
+            from models.cpu import FlatSquaredNorm
+            squared_norm = FlatSquaredNorm()
         self.preprocess = GradientPreprocess(self.weights, gc_flag, clip_grad,
-                                             unscale=bool(dynamic_loss_scale) or float(loss_scale) != 1.0)
+                                             unscale=bool(dynamic_loss_scale) or float(loss_scale) != 1.0,
+                                             squared_norm=squared_norm)
         self.use_reducer = int(rank_size) > 1
         self.reducer = nn.DistributedGradReducer(self.weights, True, int(rank_size)) if self.use_reducer else None
 
@@ -201,7 +213,7 @@ class TrainStep(nn.Cell):
         return True
 
     def _restore_statistics(self, saved):
-        """Put the BatchNorm statistics back from their flat copy ``saved`` (``flatten(self.statistics)``)."""
+        """Put the BatchNorm statistics back from their flat copy ``saved`` (``_flatten(self.statistics)``)."""
         for param, (start, end) in zip(self.statistics, self.statistics_spans):
             ops.assign(param, ops.cast(saved[start:end].reshape(param.shape), param.dtype))
         return True
@@ -233,7 +245,7 @@ class TrainStep(nn.Cell):
     def construct(self, images, targets):
         scale = self.loss_scale * 1.0
         step_index = self.optimizer.global_step.reshape(()) * 1
-        statistics = flatten(self.statistics) if self.has_statistics else None
+        statistics = _flatten(self.statistics) if self.has_statistics else None
         loss = self.net_with_loss(images, targets)
         sens = ops.ones_like(loss) * ops.cast(scale, loss.dtype)
         grads = self.grad(self.net_with_loss, self.weights)(images, targets, sens)

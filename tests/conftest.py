@@ -17,6 +17,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 
+def pytest_report_header(config):
+    """Which path this run tests: with the CPU speed layer (the default on CPU) or the portable one."""
+    value = os.environ.get("SOFT_CPU_KERNELS", "auto")
+    if value.strip().lower() in ("0", "off", "false", "no"):
+        return f"models: the portable path (SOFT_CPU_KERNELS={value}: what GPU and Ascend run)"
+    return f"models: with the CPU speed layer (SOFT_CPU_KERNELS={value})"
+
+
 def load_tool(name):
     """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")

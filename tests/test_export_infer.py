@@ -57,7 +57,7 @@ def _small_net(name):
     kwargs = dict(SMALL)
     if not name.startswith("SwiftFormer"):
         kwargs["newton_iters"] = 4  # fewer unrolled Newton steps: a smaller graph, the same operators
-    net = create_model(name, num_classes=len(CLASSES), **kwargs)
+    net = create_model(name, num_classes=len(CLASSES), portable=True, **kwargs)  # what export.py exports
     net.set_train(False)
     return net
 

@@ -15,6 +15,7 @@ from src.cross_entropy import ClassificationLoss, CrossEntropySmooth, SoftTarget
 from src.lr_generator import get_lr  # noqa: E402
 from src.metric import TopKAccuracy, topk_correct  # noqa: E402
 from models.checkpoint import load_weights  # noqa: E402
+from models.cpu import FlatSquaredNorm  # noqa: E402
 from src.model_utils.config import make_config  # noqa: E402
 from src.optimizer import GradientPreprocess, build_optimizer, split_weight_decay, uses_weight_decay  # noqa: E402
 from src.train_step import build_train_step  # noqa: E402
@@ -172,15 +173,13 @@ def test_gradient_centralisation_clipping_unscaling_and_the_finiteness_check():
         values = grads[-1].asnumpy().copy()
         values.flat[0] = bad
         broken[-1] = ms.Tensor(values)
-        for flat_sum in (True, False):
-            preprocess = GradientPreprocess(params, clip_grad=clip)
-            preprocess.use_flat_sum = flat_sum
-            _, finite = preprocess(tuple(broken), one)
-            assert not bool(finite.asnumpy()), (bad, clip, flat_sum)
+        for squared_norm in (None, FlatSquaredNorm()):  # the standard operators and the CPU layer's
+            _, finite = GradientPreprocess(params, clip_grad=clip, squared_norm=squared_norm)(tuple(broken), one)
+            assert not bool(finite.asnumpy()), (bad, clip, squared_norm)
 
 
-def test_flat_sum_of_squares_matches_the_standard_operators():
-    """The CPU path (the sum of squares as one Concat + matmul) against Square + ReduceSum / all_finite: the same clipped
+def test_cpu_layer_squared_norm_gives_the_same_clipped_gradients():
+    """The CPU layer's global norm (one Concat + matmul) against Square + ReduceSum / all_finite: the same clipped
     gradients and the same finiteness, with and without clipping."""
     net = _Toy()
     params = net.trainable_params()
@@ -189,10 +188,8 @@ def test_flat_sum_of_squares_matches_the_standard_operators():
     scale = ms.Tensor(8.0, ms.float32)
     for clip in (0.5, 0.0):
         results = []
-        for flat_sum in (True, False):
-            preprocess = GradientPreprocess(params, clip_grad=clip)
-            preprocess.use_flat_sum = flat_sum
-            out, finite = preprocess(grads, scale)
+        for squared_norm in (FlatSquaredNorm(), None):
+            out, finite = GradientPreprocess(params, clip_grad=clip, squared_norm=squared_norm)(grads, scale)
             assert bool(finite.asnumpy())
             results.append([o.asnumpy() for o in out])
         for fast, plain in zip(*results):

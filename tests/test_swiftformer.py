@@ -1,10 +1,9 @@
 """SwiftFormer: parity with the PyTorch reference (through the converter CLI), the paper's formulas, the
-inference pass (fused == unfused, exportable, idempotent), the optional CPU kernels (used only when built
-and allowed, never compiled by a model), sizes, training in graph mode, bad input.
+inference pass (fused == unfused, exportable, idempotent), no compiler started by a model, sizes, training in
+graph mode, bad input. (The CPU speed layer's cells are compared with these in test_cpu_layer.py.)
 
 CPU, graph mode. Fixture-based tests skip with helpers' reason when ../shared is absent.
 """
-import logging
 import os
 import re
 import subprocess
@@ -17,7 +16,7 @@ import mindspore as ms
 from mindspore import nn, ops
 
 from helpers import FIXTURES, REPO, SHALLOW, rel_err, requires_fixtures, run_cli
-from models import create_model, fuse_for_inference, is_fused, kernels, list_models
+from models import create_model, fuse_for_inference, is_fused, list_models
 from models import swiftformer as sf
 from models.export_utils import prepare_for_export
 
@@ -26,8 +25,6 @@ pytestmark = pytest.mark.unit
 FIXTURE = FIXTURES / "SwiftFormer_XS.npz"
 PARAMS = {"SwiftFormer_XS": 3_475_360, "SwiftFormer_S": 6_092_128, "SwiftFormer_L1": 12_057_920,
           "SwiftFormer_L3": 28_494_736}
-KERNELS_BUILT = os.path.isfile(kernels.library_path())
-TRAINING_KERNELS_BUILT = os.path.isfile(kernels.build.library_path(kernels.TRAINING_SOURCE))
 
 
 @pytest.fixture(autouse=True)
@@ -241,10 +238,7 @@ class _BiasAdded(nn.Cell):
         return ops.bias_add(self.attn(x), self.bias)
 
 
-@pytest.mark.parametrize("use_kernels", [False, True])
-def test_attention_matches_formula_and_weights_vary_over_tokens(use_kernels):
-    if use_kernels and not KERNELS_BUILT:
-        pytest.skip("CPU kernels not built (make kernels)")
+def test_attention_matches_formula_and_weights_vary_over_tokens():
     attn = sf.EfficientAdditiveAttention(16)
     rng = np.random.default_rng(1)
     for _, param in attn.parameters_and_names():
@@ -260,9 +254,8 @@ def test_attention_matches_formula_and_weights_vary_over_tokens(use_kernels):
     assert (a.max(axis=1) - a.min(axis=1) > 0.05).all(), "attention weights are constant across tokens"
     assert np.abs(a - a_ref).max() <= 1e-5
     assert rel_err(out, out_ref) <= 1e-5
-    # the inference form: channels-first, re-associated (with or without the key/query kernel)
-    inference = sf.AdditiveAttentionInference(attn, kernels.load() if use_kernels else None)
-    assert inference.use_cpu_kernels == use_kernels
+    # the inference form: channels-first, re-associated
+    inference = sf.AdditiveAttentionInference(attn)
     channels_first = _BiasAdded(inference)(ms.Tensor(x)).asnumpy()
     assert rel_err(channels_first, out_ref.transpose(0, 2, 1).reshape(x.shape)) <= 1e-5
 
@@ -300,11 +293,10 @@ def test_fused_equals_unfused(name, shape):
 
 @pytest.mark.slow
 def test_fused_network_exports_without_custom_operators(tmp_path):
-    plain, fused = _plain_and_fused(lambda: create_model("SwiftFormer_XS", num_classes=3, depths=SHALLOW))
+    plain, fused = _plain_and_fused(lambda: create_model("SwiftFormer_XS", num_classes=3, depths=SHALLOW, portable=True))
     x = np.random.default_rng(7).standard_normal((2, 3, 64, 64)).astype(np.float32)
     want = _eval(plain, x)
     prepare_for_export(fused, "MINDIR")
-    assert not any(getattr(c, "use_cpu_kernels", False) for _, c in fused.cells_and_names())
     for batch in (2, -1):
         dummy = ms.Tensor(shape=[None, 3, 64, 64], dtype=ms.float32) if batch < 0 else ms.Tensor(x)
         ms.export(fused, dummy, file_name=str(tmp_path / f"sf{batch}"), file_format="MINDIR")
@@ -317,119 +309,6 @@ def test_fused_network_exports_without_custom_operators(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "sf.onnx"), providers=["CPUExecutionProvider"])
     got = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert rel_err(got, want) <= 1e-3
-
-
-# ----------------------------------------------------------------------------------------------- CPU kernels
-def _kernel_cells(net):
-    return [name for name, cell in net.cells_and_names() if getattr(cell, "use_cpu_kernels", False)]
-
-
-def test_switch_values(monkeypatch):
-    for value, allowed in (("auto", True), ("", True), ("0", False), ("off", False)):
-        monkeypatch.setenv(kernels.SWITCH, value)
-        assert kernels.switch_allows() is allowed
-    monkeypatch.setenv(kernels.SWITCH, "yes please")
-    with pytest.raises(ValueError, match="SOFT_CPU_KERNELS must be 'auto' or '0'"):
-        kernels.switch_allows()
-
-
-def test_without_the_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.delenv(kernels.SWITCH, raising=False)
-    monkeypatch.setattr(kernels, "library_path", lambda source=None: str(tmp_path / "not_built.so"))
-    monkeypatch.setattr(kernels, "load_training", lambda: None)  # the training library has its own test
-    with caplog.at_level(logging.WARNING, logger="models"):
-        nets = [fuse_for_inference(_small()) for _ in range(2)]
-    assert all(not _kernel_cells(net) for net in nets)
-    warnings = [r for r in caplog.records if r.name == "models" and "make kernels" in r.getMessage()]
-    assert len(warnings) == 1
-
-
-def test_switch_off_means_no_kernels_even_when_built(monkeypatch, caplog):
-    monkeypatch.setenv(kernels.SWITCH, "0")
-    with caplog.at_level(logging.WARNING, logger="models"):
-        net = fuse_for_inference(_small())
-    assert not _kernel_cells(net) and not caplog.records
-
-
-@pytest.mark.skipif(not KERNELS_BUILT, reason="CPU kernels not built (make kernels)")
-def test_built_kernels_are_used_by_the_fused_path_only_and_match_standard_ops(monkeypatch):
-    monkeypatch.delenv(kernels.SWITCH, raising=False)
-    plain = _randomise(_small(layer_scale_init_value=0.5), seed=2)
-    assert not _kernel_cells(plain)
-    with_kernels = fuse_for_inference(_copy(plain, lambda: _small(layer_scale_init_value=0.5)))
-    used = _kernel_cells(with_kernels)
-    for expected in ("patch_embed.1", "dwconv", "act", "residual", "attn"):
-        assert any(expected in name for name in used), (expected, used)
-    monkeypatch.setenv(kernels.SWITCH, "0")
-    standard = fuse_for_inference(_copy(plain, lambda: _small(layer_scale_init_value=0.5)))
-    x = np.random.default_rng(8).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    want = _eval(plain, x)
-    assert rel_err(_eval(with_kernels, x), want) <= 1e-6
-    assert rel_err(_eval(standard, x), want) <= 1e-6
-    assert not _training_kernel_cells(with_kernels), "the fused network keeps no training kernel"
-
-
-def _training_kernel_cells(net):
-    return [name for name, cell in net.cells_and_names() if getattr(cell, "use_training_kernels", False)]
-
-
-def test_without_the_training_library_standard_operators_and_one_warning(monkeypatch, tmp_path, caplog):
-    monkeypatch.delenv(kernels.SWITCH, raising=False)
-    source = tmp_path / "swiftformer_train_cpu.cc"
-    source.write_text("// never built\n")
-    monkeypatch.setattr(kernels, "TRAINING_SOURCE", str(source))
-    with caplog.at_level(logging.WARNING, logger="models"):
-        nets = [_small() for _ in range(2)]
-    assert all(not _training_kernel_cells(net) for net in nets)
-    warnings = [r for r in caplog.records if r.name == "models" and "training kernels not built" in r.getMessage()]
-    assert len(warnings) == 1
-
-
-@pytest.mark.slow  # two SwiftFormer training graphs
-@pytest.mark.skipif(not TRAINING_KERNELS_BUILT, reason="CPU training kernels not built (make kernels)")
-def test_training_with_kernels_matches_standard_operators(monkeypatch):
-    """Loss, every gradient and one optimizer step with the training kernels equal those of the standard operators.
-
-    (Plain SGD for the step: AdamW would blow the float32 noise of the zero gradients of biases before a
-    BatchNorm up to full-size updates of random sign.)"""
-    monkeypatch.delenv(kernels.SWITCH, raising=False)
-    factory = lambda: _small(distillation=False, layer_scale_init_value=0.5)  # noqa: E731
-    with_kernels = _randomise(factory(), seed=4)
-    used = _training_kernel_cells(with_kernels)
-    for expected in ("dwconv", "act", "residual"):
-        assert any(name.endswith(expected) for name in used), (expected, used)
-    monkeypatch.setenv(kernels.SWITCH, "0")
-    standard = _copy(with_kernels, factory)
-    assert not _training_kernel_cells(standard)
-    rng = np.random.default_rng(9)
-    x = ms.Tensor(rng.standard_normal((2, 3, 64, 64)).astype(np.float32))
-    sens = ms.Tensor(rng.standard_normal((2, 10)).astype(np.float32))
-    results = []
-    for net in (with_kernels, standard):
-        net.set_train(True)
-        grads = [g.asnumpy() for g in _Grads(net)(x, sens)]
-        step = nn.TrainOneStepCell(_SumLoss(net), nn.SGD(net.trainable_params(), learning_rate=0.1))
-        step.set_train(True)
-        loss = float(step(x, sens).asnumpy())
-        results.append((grads, loss, {p.name: p.asnumpy() for p in net.get_parameters()}))
-    (grads_k, loss_k, after_k), (grads_s, loss_s, after_s) = results
-    largest = max(np.abs(g).max() for g in grads_s)
-    for name, got, want in zip([p.name for p in standard.trainable_params()], grads_k, grads_s):
-        assert np.abs(got - want).max() <= 1e-5 * largest, name
-    assert abs(loss_k - loss_s) <= 1e-5 * abs(loss_s)
-    for name, want in after_s.items():  # parameters and BatchNorm statistics after the step
-        np.testing.assert_allclose(after_k[name], want, rtol=1e-4, atol=1e-6, err_msg=name)
-
-
-class _SumLoss(nn.Cell):
-    """<logits, weights>: a loss whose gradient with respect to the logits is ``weights``."""
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    def construct(self, x, weights):
-        return (self.net(x) * weights).sum()
 
 
 _NO_COMPILER_CHILD = """

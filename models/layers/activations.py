@@ -1,48 +1,9 @@
-"""Activation cells: the tanh-approximate GELU written out, and an exact GELU without Erf (ONNX export)."""
+"""Exact GELU without an Erf operator (ONNX export)."""
 import math
 
-import mindspore as ms
 from mindspore import nn, ops
 
-from ..kernels import soft as soft_kernels
-
-__all__ = ["KernelActivation", "TanhGELU", "ErfFreeGELU"]
-
-
-class KernelActivation(nn.Cell):
-    """An element-wise activation run as a CPU kernel, ``forward(x)``, with its gradient kernel
-    ``gradient(x, dy) -> dx`` as the backward (float32, any shape; models/kernels)."""
-
-    def __init__(self, forward, gradient):
-        super().__init__()
-        self.forward = forward
-        self.gradient = gradient
-
-    def construct(self, x):
-        return self.forward(x)
-
-    def bprop(self, x, out, dout):
-        return (self.gradient(x, dout),)
-
-
-class TanhGELU(nn.Cell):
-    """0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), any shape.
-
-    Written out with standard operators (faster than nn.GELU(approximate=True)); with the SOFT CPU kernels
-    built and allowed (models/kernels/soft.py), a float32 input runs as one kernel forward and one backward
-    instead of about ten element-wise passes (``use_cpu_kernels`` False gives the operators, as export does).
-    """
-
-    def __init__(self):
-        super().__init__()
-        cpu = soft_kernels.load()
-        self.use_cpu_kernels = cpu is not None
-        self.kernel = KernelActivation(cpu.tanh_gelu, cpu.tanh_gelu_grad) if cpu is not None else None
-
-    def construct(self, x):
-        if self.use_cpu_kernels and x.dtype == ms.float32:
-            return self.kernel(x)
-        return 0.5 * x * (1.0 + ops.tanh(0.7978845608028654 * (x + 0.044715 * (x * x * x))))
+__all__ = ["ErfFreeGELU"]
 
 
 # erfc(z) ≈ t·exp(-z² + P(t)), t = 1 / (1 + z/2), z >= 0 (Chebyshev fit, relative error < 1.2e-7).

@@ -2,7 +2,6 @@
 from mindspore import nn, ops
 from mindspore.common.initializer import TruncatedNormal
 
-from .dense import Dense
 
 __all__ = ["Attention"]
 
@@ -18,16 +17,15 @@ class Attention(nn.Cell):
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.q = Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
-        self.kv = Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.q = nn.Dense(dim, dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
+        self.kv = nn.Dense(dim, 2 * dim, has_bias=qkv_bias, weight_init=TruncatedNormal(0.02))
         self.attn_drop = nn.Dropout(p=attn_drop) if attn_drop > 0 else nn.Identity()
-        self.proj = Dense(dim, dim, weight_init=TruncatedNormal(0.02))
+        self.proj = nn.Dense(dim, dim, weight_init=TruncatedNormal(0.02))
         self.proj_drop = nn.Dropout(p=proj_drop) if proj_drop > 0 else nn.Identity()
 
     def construct(self, x, height=0, width=0):
         b, n, dim = x.shape
         q = self.q(x).reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
-        # split k / v before moving the heads: slicing the stacked [2, B, h, N, d] tensor is slow on CPU
         k, v = ops.split(self.kv(x), dim, axis=-1)
         k_t = k.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 3, 1)        # [B, h, d, N]
         v = v.reshape(b, n, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)          # [B, h, N, d]

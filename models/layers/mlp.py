@@ -2,7 +2,6 @@
 from mindspore import nn
 from mindspore.common.initializer import TruncatedNormal
 
-from .dense import Dense
 
 __all__ = ["Mlp"]
 
@@ -12,9 +11,9 @@ class Mlp(nn.Cell):
 
     def __init__(self, dim, hidden, drop=0.0):
         super().__init__()
-        self.fc1 = Dense(dim, hidden, weight_init=TruncatedNormal(0.02))
+        self.fc1 = nn.Dense(dim, hidden, weight_init=TruncatedNormal(0.02))
         self.act = nn.GELU(approximate=False)
-        self.fc2 = Dense(hidden, dim, weight_init=TruncatedNormal(0.02))
+        self.fc2 = nn.Dense(hidden, dim, weight_init=TruncatedNormal(0.02))
         self.drop = nn.Dropout(p=drop) if drop > 0 else nn.Identity()
 
     def construct(self, x):

@@ -1,8 +1,8 @@
-"""Build the optional CPU kernels: ``make kernels`` (or ``python models/kernels/build.py``).
+"""Build the CPU kernels of the speed layer: ``make kernels`` (or ``python models/cpu/kernels/build.py``).
 
-Compiles every ``models/kernels/*.cc`` (``swiftformer_cpu.cc``, ``swiftformer_train_cpu.cc``, ``soft_cpu.cc``,
+Compiles every ``models/cpu/kernels/*.cc`` (``swiftformer_cpu.cc``, ``swiftformer_train_cpu.cc``, ``soft_cpu.cc``,
 all including the shared helpers of ``kernel_common.h``) with the system C++ compiler (``$CXX``, else g++ / c++)
-into ``models/kernels/build/<stem>-<hash>.so``, where <hash> is taken from the source and every local header it
+into ``models/cpu/kernels/build/<stem>-<hash>.so``, where <hash> is taken from the source and every local header it
 includes (``#include "..."``), so a stale library is never loaded: editing ``kernel_common.h`` rebuilds them all.
 The best instruction set of this CPU is used (AVX-512, AVX2 + FMA, or plain).
 Without a compiler it says so and exits 0: the models then run on MindSpore's standard operators.
