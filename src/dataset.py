@@ -58,7 +58,7 @@ import threading
 import numpy as np
 from PIL import Image
 
-from src.image_manifest import IMG_EXTENSIONS, check_image, class_folders, load_manifest, pil_to_rgb
+from src.image_manifest import IMG_EXTENSIONS, available_cores, check_image, class_folders, load_manifest, pil_to_rgb
 from src.model_utils.device_adapter import get_local_rank_size
 
 __all__ = ["create_dataset", "scan_image_folder", "resolve_train_folder", "resolve_eval_folder",
@@ -381,20 +381,13 @@ def _mix_op(config):
     return op
 
 
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _workers(requested):
     """Parallel workers of a pipeline stage: ``requested``, capped at this process's share of the cores.
 
     A process pinned to a set of cores (msrun's binding, taskset) has that set; an unpinned one shares
     the machine with the other processes of its server (8 ranks on 192 cores: 24 each).
     """
-    cores = _available_cores()
+    cores = available_cores()
     if cores >= (os.cpu_count() or cores):
         cores //= get_local_rank_size()
     return max(1, min(int(requested), cores))
