@@ -244,7 +244,8 @@ def test_class_count_must_match_class_num(image_folder_factory):
 def test_eval_classes_must_match_training_classes(image_folder_factory):
     root = image_folder_factory(per_class=2, classes=["cat", "dog"], splits=("train",))
     image_folder_factory(per_class=2, classes=["cat", "cow"], splits=("val",), root=root)
-    with pytest.raises(ValueError, match="differ from those of"):
+    with pytest.raises(ValueError, match=r"class folder\(s\) cow only in the evaluation folder .* and class "
+                                         r"folder\(s\) dog only in the training folder"):
         create_dataset(_config(root), training=False)
 
 
@@ -578,6 +579,27 @@ def test_a_worker_killed_on_a_file_is_one_sentence_naming_the_files(tmp_path):
             pool.collect(timeout=30)
     finally:
         pool.close()
+
+
+def test_files_the_pipeline_does_not_read_are_listed_and_counted(image_folder_factory, caplog):
+    root = image_folder_factory(per_class=2, splits=("train",))
+    train = root / "train"
+    (train / "class_0" / "a.gif").write_bytes(b"GIF89a")
+    (train / "class_0" / "b.GIF").write_bytes(b"GIF89a")
+    (train / "class_1" / "README").write_text("about")
+    (train / "class_1" / "more").mkdir()
+    (train / "labels.txt").write_text("class_0\nclass_1")
+    (train / "class_1" / ".DS_Store").write_text("hidden: not counted")
+    manifest = image_manifest.load_manifest(str(train))
+    assert sorted(manifest.ignored) == ["class_0/a.gif", "class_0/b.GIF", "class_1/README", "class_1/more/",
+                                        "labels.txt"]
+    with caplog.at_level(logging.WARNING, logger="src.dataset"):
+        create_dataset(_config(root, eval_path=str(train)), training=False)
+        create_dataset(_config(root, eval_path=str(train)), training=False)  # said once per process
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignored")]
+    assert lines == [f"ignored 4 file(s) and 1 sub-folder(s) in {train} that the pipeline does not read (.gif: 2, "
+                     ".txt: 1, no extension: 1, sub-folder: 1), in class_0/ (2), class_1/ (2), the folder itself (1); "
+                     "it reads .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp/.ppm/.pgm files in the class folders"]
 
 
 # --------------------------------------------------------------------------------------------- shards
