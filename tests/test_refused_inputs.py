@@ -1,5 +1,6 @@
 """Inputs train.py used to accept in silence, refused in one sentence before any training (real train.py):
-a training folder with one class, a class that only the evaluation folder has. Each: exit code 1, one ``ERROR:`` line naming the thing to fix, no traceback, the dataset and
+a training folder with one class, a class that only the evaluation folder has, a YAML key set twice, an empty
+config file. Each: exit code 1, one ``ERROR:`` line naming the thing to fix, no traceback, the dataset and
 the config file unchanged, no lock left behind."""
 import pytest
 
@@ -48,3 +49,21 @@ def test_a_class_only_in_the_evaluation_folder_is_named(class_num, image_folder_
                      f"folder(s) cow only in the evaluation folder {root / 'val'}: labels would not match; give both "
                      "folders the same classes")
     assert not (out / RUN_LOCK_NAME).exists()
+
+
+def test_a_yaml_key_set_twice_is_refused_naming_both_lines(tmp_path):
+    config = tmp_path / "twice.yml"
+    config.write_text("backbone: soft_tiny\nbatch_size: 64\nmax_epoch: 3\n# later, by someone else\n"
+                      "batch_size: 8\n")
+    error = _refused(["--config_path", config, "--output_path", tmp_path / "out"], [tmp_path])
+    assert error == f"ERROR: config file {config} sets 'batch_size' twice (lines 2 and 5); keep one of them"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_config_file_is_refused(tmp_path):
+    config = tmp_path / "empty.yml"
+    config.write_text("# settings to come\n")
+    error = _refused(["--config_path", config, "--output_path", tmp_path / "out"], [tmp_path])
+    assert error == (f"ERROR: config file {config} is empty (no key: value pairs); fill it in, e.g. from "
+                     "config/soft_tiny.yml, or leave out --config_path to use config/SOFT_config.yml")
+    assert not (tmp_path / "out").exists()
