@@ -315,8 +315,8 @@ class _Progress:
         self.next = self.start + 5.0
         scope = "every file (first build; later runs check only new or changed files)" if total == of else \
             f"the new or changed files ({of:,} listed)"
-        _LOG.info("image cache of %s: checking %s files with %d %s: %s", folder, f"{total:,}", workers, kind, scope,
-                  extra=CONSOLE)
+        _LOG.info("image cache of %s: checking %s file%s with %d %s: %s", folder, f"{total:,}",
+                  "" if total == 1 else "s", workers, kind, scope, extra=CONSOLE)
 
     def update(self, done):
         now = time.monotonic()
@@ -392,8 +392,9 @@ class _Processes:
                       for _ in range(count)]
         self.selector = selectors.DefaultSelector()
         for proc in self.procs:
-            self.selector.register(proc.stdout, selectors.EVENT_READ, proc)
+            self.selector.register(proc.stdout.fileno(), selectors.EVENT_READ, proc)
         self.in_flight = {proc.pid: {} for proc in self.procs}  # pid -> {task: (folder, rels)}
+        self.received = {proc.pid: b"" for proc in self.procs}  # bytes read past the last complete line
         self.capacity = 2 * count
 
     def submit(self, task, folder, cache, rels):
@@ -403,15 +404,19 @@ class _Processes:
         self.in_flight[proc.pid][task] = (folder, rels)
 
     def collect(self, timeout):
+        """[(task, verdicts)] of the tasks answered within ``timeout`` seconds. The pipes are read with
+        ``os.read`` (a buffered reader would keep a second answer where ``select`` cannot see it)."""
         results = []
         for key, _ in self.selector.select(timeout):
             proc = key.data
-            line = proc.stdout.readline()
-            if not line:
+            data = os.read(key.fd, 1 << 20)
+            if not data:
                 self._died(proc)
-            task, verdicts = json.loads(line)
-            del self.in_flight[proc.pid][task]
-            results.append((task, [tuple(v) for v in verdicts]))
+            *lines, self.received[proc.pid] = (self.received[proc.pid] + data).split(b"\n")
+            for line in lines:
+                task, verdicts = json.loads(line)
+                del self.in_flight[proc.pid][task]
+                results.append((task, [tuple(v) for v in verdicts]))
         return results
 
     def _died(self, proc):

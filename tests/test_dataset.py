@@ -559,6 +559,7 @@ def test_a_large_build_checks_in_worker_processes_like_threads(image_folder_fact
     Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(folder / "web.webp", "WEBP")
     threads = image_manifest.load_manifest(str(root / "train"), cache_dir=str(tmp_path / "threads"), workers=2)
     monkeypatch.setattr(image_manifest, "_PROCESS_MIN_FILES", 8)
+    monkeypatch.setattr(image_manifest, "_CHUNK_FILES", 3)  # 9 tasks, two in flight per worker
     with caplog.at_level(logging.INFO, logger="src.image_manifest"):
         processes = image_manifest.load_manifest(str(root / "train"), cache_dir=str(tmp_path / "processes"),
                                                  workers=2)
