@@ -42,28 +42,28 @@ class FolderInUse(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ owners
-def _process_start_ticks(pid):
-    """The start time of process ``pid`` in clock ticks after boot (Linux ``/proc``), or None."""
+def _stat_fields(pid):
+    """The fields of ``/proc/<pid>/stat`` from field 3 (state) on, or None (no such process, not Linux)."""
     try:
         with open(f"/proc/{int(pid)}/stat", "rb") as fh:
             stat = fh.read()
     except OSError:
         return None
-    fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": field 3 (state) onwards
+    return stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) "; comm may hold spaces and parentheses
+
+
+def _process_start_ticks(pid):
+    """The start time of process ``pid`` in clock ticks after boot (Linux), or None."""
+    fields = _stat_fields(pid)
     try:
         return int(fields[19])  # field 22: starttime
-    except (IndexError, ValueError):
+    except (TypeError, IndexError, ValueError):
         return None
 
 
 def _process_state(pid):
-    """The one-letter state of process ``pid`` from ``/proc`` (``Z``: zombie), or None."""
-    try:
-        with open(f"/proc/{int(pid)}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(b")") + 2:].split()
+    """The one-letter state of process ``pid`` (``Z``: zombie), or None."""
+    fields = _stat_fields(pid)
     return fields[0].decode() if fields else None
 
 
