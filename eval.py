@@ -14,9 +14,11 @@ def run_eval(config):
     from src.builder import build_network
     from src.dataset import create_dataset
     from src.eval_engine import EvalEngine
+    from src.logging import library_console
     from src.metric import print_eval_result
     from src.trainer import init_env
 
+    library_console()  # the input pipeline's notices (skipped / ignored files, image cache progress)
     rank_id, rank_size = init_env(config)
     dataset, class_names = create_dataset(config, False, rank_id, rank_size)
     net, meta = build_network(config, "eval")

@@ -24,8 +24,9 @@ Output per image::
       2. tiger (7)  0.051234
 
 An unreadable image gives ``ERROR: cannot read image PATH (reason)`` on stderr and the others are still
-classified. Exit status: 0 when at least one image was classified, 1 when none was (or for a usage /
-config / model mistake, with one ``ERROR:`` line).
+classified and printed. Exit status: 0 when every image was classified; 1 when any could not be read
+(closing line ``ERROR: N of M image(s) could not be read``), when none was classified, or for a usage /
+config / model mistake (one ``ERROR:`` line).
 """
 import os
 import sys
@@ -279,6 +280,10 @@ def main(argv=None):
         return 1
     if not done:
         print(f"ERROR: none of the {failed} image(s) could be classified", file=sys.stderr, flush=True)
+        return 1
+    if failed:
+        print(f"ERROR: {failed} of {done + failed} image(s) could not be read (named above); the other {done} "
+              "are classified above", file=sys.stderr, flush=True)
         return 1
     return 0
 

@@ -46,8 +46,11 @@ the list, naming it once (``skipping corrupt image: ...``). Either way no sample
 length, and so the learning-rate schedule, stays as planned.
 
 Mistakes in the data raise one ``ValueError`` naming the folder: a missing folder, a folder
-without class sub-folders, an empty class folder, a class count different from ``class_num``,
-too few training images for one batch.
+without class sub-folders, an empty class folder, a training folder with one class, a class only
+the evaluation (or only the training) folder has, a class count different from ``class_num``, too
+few training images for one batch. What is left out is said on the console (rank 0): the count and
+first names of the skipped files (each is named with its reason in the log), and the files of other
+extensions (and sub-folders of class folders), counted by extension and by folder.
 """
 import io
 import logging
@@ -58,7 +61,8 @@ import threading
 import numpy as np
 from PIL import Image
 
-from src.image_manifest import IMG_EXTENSIONS, check_image, class_folders, load_manifest, pil_to_rgb
+from src.image_manifest import IMG_EXTENSIONS, available_cores, check_image, class_folders, load_manifest, pil_to_rgb
+from src.logging import CONSOLE
 from src.model_utils.device_adapter import get_local_rank_size
 
 __all__ = ["create_dataset", "scan_image_folder", "resolve_train_folder", "resolve_eval_folder",
@@ -96,15 +100,52 @@ def _select(manifest, fraction):
     return [i for indices in per_class for i in _subset(indices, fraction)]
 
 
+#: folders whose ignored files this process has reported
+_IGNORED_REPORTED = set()
+#: names a console summary shows before "and N more"
+_SHOWN = 5
+
+
+def _first_names(names):
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
 def _report(manifest):
-    """Name every file left out, once per process (training and evaluation may share a folder)."""
+    """Say what the pipeline leaves out, once per process (training and evaluation may share a folder).
+
+    Every skipped file is named with its reason (the run's log); the console gets one line with their
+    count and the first few names, and one line counting the ignored files by extension and by folder.
+    """
     new = [(path, reason) for path, reason in manifest.problems if path not in _UNREADABLE]
     for path, reason in new:
         kind = "corrupt" if os.path.exists(path) else "unreadable"
         _LOG.warning("skipping %s image: %s (%s)", kind, path, reason)
         _UNREADABLE.add(path)
     if new:
-        _LOG.warning("%d image(s) skipped in %s", len(new), manifest.folder)
+        names = [os.path.relpath(path, manifest.folder) for path, _ in new]
+        _LOG.warning("skipped %d unreadable file(s) in %s: %s (the log names each with its reason)", len(new),
+                     manifest.folder, _first_names(names), extra=CONSOLE)
+    if manifest.ignored and manifest.folder not in _IGNORED_REPORTED:
+        _IGNORED_REPORTED.add(manifest.folder)
+        kinds, places = {}, {}
+        for rel in manifest.ignored:
+            if rel.endswith("/"):
+                kind = "sub-folder"
+            else:
+                extension = os.path.splitext(rel)[1].lower()
+                kind = extension or "no extension"
+            kinds[kind] = kinds.get(kind, 0) + 1
+            place = rel.split("/", 1)[0] + "/" if "/" in rel.rstrip("/") else "the folder itself"
+            places[place] = places.get(place, 0) + 1
+        by_kind = ", ".join(f"{kind}: {count}" for kind, count in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+        by_place = _first_names([f"{place} ({count})" for place, count in
+                                 sorted(places.items(), key=lambda kv: (-kv[1], kv[0]))])
+        folders = kinds.get("sub-folder", 0)
+        counted = f"{len(manifest.ignored) - folders} file(s)" + (f" and {folders} sub-folder(s)" if folders else "")
+        _LOG.warning("ignored %s in %s that the pipeline does not read (%s), in %s; it reads %s files in the "
+                     "class folders", counted, manifest.folder, by_kind, by_place, "/".join(IMG_EXTENSIONS),
+                     extra=CONSOLE)
 
 
 def _load(folder, verify, config=None, report=True, workers=None):
@@ -381,20 +422,13 @@ def _mix_op(config):
     return op
 
 
-def _available_cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _workers(requested):
     """Parallel workers of a pipeline stage: ``requested``, capped at this process's share of the cores.
 
     A process pinned to a set of cores (msrun's binding, taskset) has that set; an unpinned one shares
     the machine with the other processes of its server (8 ranks on 192 cores: 24 each).
     """
-    cores = _available_cores()
+    cores = available_cores()
     if cores >= (os.cpu_count() or cores):
         cores //= get_local_rank_size()
     return max(1, min(int(requested), cores))
@@ -422,11 +456,14 @@ def create_dataset(config, training, rank_id=0, rank_size=1):
     folder = resolve_train_folder(config) if training else resolve_eval_folder(config)
     manifest = _load(folder, bool(config.verify_images), config, report=rank_id == 0)
     class_names = manifest.class_names
+    if training and len(class_names) < 2:
+        raise ValueError(f"the training folder {folder} has one class folder ({class_names[0]}): a classifier "
+                         "learns nothing from one class (loss 0, accuracy 1.0); add a folder per class")
+    # before class_num: a class that only one of the two folders has is the mistake to name
+    _check_same_classes(config, folder, class_names, training)
     if len(class_names) != config.class_num:
         raise ValueError(f"class_num is {config.class_num} in the config but {folder} has "
                          f"{len(class_names)} class folders; set class_num to {len(class_names)}")
-    if not training:
-        _check_same_classes(config, folder, class_names)
     chosen = _select(manifest, config.dataset_fraction)
 
     ds.config.set_seed(config.seed)
@@ -474,20 +511,29 @@ def create_dataset(config, training, rank_id=0, rank_size=1):
     return data, class_names
 
 
-def _check_same_classes(config, eval_folder, class_names):
-    """The evaluation classes must be the training classes when a training folder is there."""
+def _check_same_classes(config, folder, class_names, training):
+    """The training and evaluation folders must have the same classes (when both are there; for a training
+    folder, when the run evaluates)."""
     try:
-        train_folder = resolve_train_folder(config)
-    except ValueError:
+        if training:
+            if config.eval_interval <= 0 or not config.eval_path:
+                return
+            train_folder, eval_folder, train_names = folder, resolve_eval_folder(config), class_names
+            eval_names = class_folders(eval_folder)
+        else:
+            train_folder, eval_folder, eval_names = resolve_train_folder(config), folder, class_names
+            train_names = class_folders(train_folder)
+    except ValueError:  # the other folder is missing or has no classes: nothing to compare
         return
     if os.path.abspath(train_folder) == os.path.abspath(eval_folder):
         return
-    try:
-        train_names = class_folders(train_folder)
-    except ValueError:
-        return
-    if train_names != class_names:
-        only_eval = sorted(set(class_names) - set(train_names))[:5]
-        only_train = sorted(set(train_names) - set(class_names))[:5]
-        raise ValueError(f"the class folders of {eval_folder} differ from those of {train_folder} "
-                         f"(only in eval: {only_eval}, only in train: {only_train}); labels would not match")
+    if train_names != eval_names:
+        only_eval = sorted(set(eval_names) - set(train_names))
+        only_train = sorted(set(train_names) - set(eval_names))
+        what = []
+        if only_eval:
+            what.append(f"class folder(s) {_first_names(only_eval)} only in the evaluation folder {eval_folder}")
+        if only_train:
+            what.append(f"class folder(s) {_first_names(only_train)} only in the training folder {train_folder}")
+        raise ValueError(f"the evaluation and training folders must have the same classes, but there are "
+                         f"{' and '.join(what)}: labels would not match; give both folders the same classes")

@@ -14,8 +14,16 @@ is made once; ``bad``: unreadable, with the reason). It is written to the folder
 
 A later run lists the folder (names, sizes, mtimes: no file is opened) and reuses every verdict whose
 size and mtime are unchanged; only changed or added files are checked again, removed ones are dropped.
-One process builds (an exclusive lock file in the cache folder); the others wait for it and then read
-the result. Problems are reported by the caller (``report``), so a run names each bad file once.
+Files are checked by all the cores this process may use (``available_cores``; that many worker processes
+for ``_PROCESS_MIN_FILES`` files or more, threads below), with a progress line (files checked / total, rate,
+ETA) every few seconds on the console (``src.logging.CONSOLE``) and in ``build.progress``.
+
+One process builds: it holds ``build.lock`` in the cache folder, which names it (``src.locks``: host,
+PID, start time) and which it touches while it works. The others wait and then read the result, saying
+what they wait for (the builder and its progress) when they start waiting and every
+``_WAIT_REPORT_S`` seconds. A lock whose builder is gone (this host, PID not running) is taken over at
+once, with one line; a lock of another host is taken over when untouched for ``_LOCK_STALE_S`` seconds.
+Problems are reported by the caller (``report``), so a run names each bad file once.
 
 The cache folder also holds the **view**: an ImageFolder of symbolic links to the usable files,
 ``view/<label:05d>/<file name>`` (``<file name>.png`` -> the PNG copy of a converted file), plus
@@ -29,16 +37,23 @@ import io
 import json
 import logging
 import os
+import selectors
 import shutil
-import socket
+import signal
+import subprocess
+import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from src.locks import create_lock, describe_owner, owner_record, owner_state, read_lock, remove_if_unchanged, \
+    remove_own_lock
+from src.logging import CONSOLE
+
 __all__ = ["IMG_EXTENSIONS", "Manifest", "load_manifest", "list_image_folder", "check_image",
-           "pil_to_rgb", "cache_folder", "class_folders"]
+           "pil_to_rgb", "cache_folder", "class_folders", "available_cores"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -47,7 +62,12 @@ _EXTENSION_SET = frozenset(IMG_EXTENSIONS)
 MANIFEST_NAME = "manifest.json"
 _VERSION = 1
 _LOCK_NAME = "build.lock"
-_LOCK_STALE_S = 120.0  # a lock untouched this long belongs to a dead builder
+_PROGRESS_NAME = "build.progress"
+_LOCK_STALE_S = 120.0  # a lock of another host untouched this long belongs to a dead builder
+_TOUCH_S = 10.0  # the builder touches its lock this often
+_WAIT_REPORT_S = 15.0  # a waiting process says again what it waits for this often
+_PROCESS_MIN_FILES = 512  # from this many files to check, worker processes (below: threads)
+_CHUNK_FILES = 64  # files per task of a worker process
 PAD_FOLDER = "pad"
 
 # Formats and modes that MindSpore's C++ decoder turns into correct 3-channel RGB; anything else that
@@ -138,20 +158,27 @@ def _is_dir(entry):
 def list_image_folder(folder):
     """List an ImageFolder without opening any file.
 
-    Returns (class_names, files, problems): ``files`` is a list of (relative path, size, mtime_ns) in
-    label order (classes sorted, files sorted within a class); ``problems`` lists (path, reason) for
-    image-named entries that cannot be read (broken symbolic links, symbolic-link loops). Hidden
-    files and folders (names starting with ".") and files of other extensions are ignored.
+    Returns (class_names, files, problems, ignored): ``files`` is a list of (relative path, size,
+    mtime_ns) in label order (classes sorted, files sorted within a class); ``problems`` lists (path,
+    reason) for image-named entries that cannot be read (broken symbolic links, symbolic-link loops);
+    ``ignored`` lists the relative paths of what the pipeline does not read: files of other extensions
+    in the class folders or beside them, and folders inside class folders (``class/sub/``). Hidden files
+    and folders (names starting with ".") are left out silently.
     Raises ValueError for a missing folder, no class folders or a class folder without images.
     """
     class_names = class_folders(folder)
     files, problems, empty = [], [], []
+    with os.scandir(folder) as entries:
+        ignored = sorted(e.name for e in entries if not e.name.startswith(".") and not _is_dir(e))
     for name in class_names:
         found = []
         with os.scandir(os.path.join(folder, name)) as entries:
             for entry in entries:
+                if entry.name.startswith("."):
+                    continue
                 dot = entry.name.rfind(".")
-                if entry.name.startswith(".") or dot < 0 or entry.name[dot:].lower() not in _EXTENSION_SET:
+                if dot < 0 or entry.name[dot:].lower() not in _EXTENSION_SET:
+                    ignored.append(f"{name}/{entry.name}/" if _is_dir(entry) else f"{name}/{entry.name}")
                     continue
                 try:
                     stat = entry.stat()
@@ -161,6 +188,7 @@ def list_image_folder(folder):
                     problems.append((entry.path, reason))
                     continue
                 if entry.is_dir():
+                    ignored.append(f"{name}/{entry.name}/")
                     continue
                 found.append((f"{name}/{entry.name}", stat.st_size, stat.st_mtime_ns))
         if not found:
@@ -171,7 +199,7 @@ def list_image_folder(folder):
         shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise ValueError(f"empty class folder: {shown} (no {'/'.join(IMG_EXTENSIONS)} images); "
                          "remove it or add images")
-    return class_names, files, problems
+    return class_names, files, problems, ignored
 
 
 # ----------------------------------------------------------------------------------------- manifest
@@ -186,9 +214,10 @@ class Manifest:
             manifests: the view links to a PNG copy; unverified: guessed from the extension).
         problems: (path, reason) of every file left out.
         view: the cache folder's ImageFolder of links; None when the images were not verified.
+        ignored: relative paths of the files (and sub-folders, ``class/sub/``) the pipeline does not read.
     """
 
-    def __init__(self, folder, class_names, paths, labels, needs_pil, problems, view):
+    def __init__(self, folder, class_names, paths, labels, needs_pil, problems, view, ignored=()):
         self.folder = folder
         self.class_names = class_names
         self.paths = paths
@@ -196,6 +225,7 @@ class Manifest:
         self.needs_pil = needs_pil
         self.problems = problems
         self.view = view
+        self.ignored = list(ignored)
 
     @property
     def view_class_indexing(self):
@@ -259,7 +289,207 @@ def _check_and_convert(folder, cache, rel):
     return "convert", ""
 
 
-def _build(folder, cache, class_names, files, old, workers):
+def _check_chunk(folder, cache, rels):
+    """The (verdict, reason) of each file of ``rels``: one task of a worker."""
+    return [_check_and_convert(folder, cache, rel) for rel in rels]
+
+
+def _duration(seconds):
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class _Progress:
+    """The progress of a build: a console line every few seconds (5 s in the first minute, then 30 s) and
+    ``build.progress`` in the cache folder, which the waiting processes read."""
+
+    def __init__(self, folder, cache, total, of, workers, kind):
+        self.folder = folder
+        self.path = os.path.join(cache, _PROGRESS_NAME)
+        self.total = int(total)
+        self.start = time.monotonic()
+        self.next = self.start + 5.0
+        scope = "every file (first build; later runs check only new or changed files)" if total == of else \
+            f"the new or changed files ({of:,} listed)"
+        _LOG.info("image cache of %s: checking %s file%s with %d %s: %s", folder, f"{total:,}",
+                  "" if total == 1 else "s", workers, kind, scope, extra=CONSOLE)
+
+    def update(self, done):
+        now = time.monotonic()
+        if now < self.next:
+            return
+        elapsed = now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - done) / rate if rate > 0 else None
+        self.next = now + (5.0 if elapsed < 60 else 30.0)
+        _LOG.info("image cache of %s: checked %s/%s files (%.0f files/s, ETA %s)", self.folder, f"{done:,}",
+                  f"{self.total:,}", rate, _duration(eta) if eta is not None else "unknown", extra=CONSOLE)
+        record = {"checked": done, "total": self.total, "rate": rate, "eta_s": eta, "time": time.time()}
+        try:
+            _atomic_write(self.path, json.dumps(record).encode())
+        except OSError:
+            pass
+
+    def finish(self):
+        elapsed = time.monotonic() - self.start
+        _LOG.info("image cache of %s: checked %s/%s files in %s (%.0f files/s)", self.folder, f"{self.total:,}",
+                  f"{self.total:,}", _duration(elapsed), self.total / max(elapsed, 1e-9), extra=CONSOLE)
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
+def _read_progress(cache):
+    """``checked 1,200/20,000 files, ETA 35s`` from the builder's ``build.progress``, or None."""
+    try:
+        with open(os.path.join(cache, _PROGRESS_NAME), encoding="utf-8") as fh:
+            record = json.load(fh)
+        eta = record.get("eta_s")
+        return f"checked {int(record['checked']):,}/{int(record['total']):,} files" + \
+            (f", ETA {_duration(eta)}" if eta is not None else "")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+class _Threads:
+    """Tasks of ``_check_chunk`` on threads of this process (a few files: no start-up cost)."""
+
+    def __init__(self, count):
+        self.pool = ThreadPoolExecutor(max_workers=count)
+        self.capacity = 2 * count
+        self.futures = {}
+
+    def submit(self, task, folder, cache, rels):
+        self.futures[self.pool.submit(_check_chunk, folder, cache, rels)] = task
+
+    def collect(self, timeout):
+        """[(task, verdicts)] of the tasks finished within ``timeout`` seconds."""
+        finished, _ = wait(self.futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return [(self.futures.pop(future), future.result()) for future in finished]
+
+    def close(self):
+        self.pool.shutdown(cancel_futures=True)
+
+
+class _Processes:
+    """Tasks of ``_check_chunk`` on ``count`` worker processes, two tasks each in flight.
+
+    Each worker is a fresh ``python -c`` running ``_worker_main`` (JSON lines over its stdin / stdout), so
+    nothing of the caller is carried over: not its main module (multiprocessing's spawn would import it
+    again, running an unguarded script's training twice), nor its threads (MindSpore's, which fork would
+    copy mid-flight).
+    """
+
+    def __init__(self, count):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        code = f"import sys; sys.path.insert(0, {root!r}); from src.image_manifest import _worker_main; _worker_main()"
+        self.procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                      for _ in range(count)]
+        self.selector = selectors.DefaultSelector()
+        for proc in self.procs:
+            self.selector.register(proc.stdout.fileno(), selectors.EVENT_READ, proc)
+        self.in_flight = {proc.pid: {} for proc in self.procs}  # pid -> {task: (folder, rels)}
+        self.received = {proc.pid: b"" for proc in self.procs}  # bytes read past the last complete line
+        self.capacity = 2 * count
+
+    def submit(self, task, folder, cache, rels):
+        proc = min(self.procs, key=lambda p: len(self.in_flight[p.pid]))
+        proc.stdin.write(json.dumps([task, folder, cache, rels]).encode() + b"\n")
+        proc.stdin.flush()
+        self.in_flight[proc.pid][task] = (folder, rels)
+
+    def collect(self, timeout):
+        """[(task, verdicts)] of the tasks answered within ``timeout`` seconds. The pipes are read with
+        ``os.read`` (a buffered reader would keep a second answer where ``select`` cannot see it)."""
+        results = []
+        for key, _ in self.selector.select(timeout):
+            proc = key.data
+            data = os.read(key.fd, 1 << 20)
+            if not data:
+                self._died(proc)
+            *lines, self.received[proc.pid] = (self.received[proc.pid] + data).split(b"\n")
+            for line in lines:
+                task, verdicts = json.loads(line)
+                del self.in_flight[proc.pid][task]
+                results.append((task, [tuple(v) for v in verdicts]))
+        return results
+
+    def _died(self, proc):
+        """A worker ended with tasks in flight (a decoder crashed on a file): one sentence naming the files."""
+        code = proc.wait()
+        tasks = list(self.in_flight[proc.pid].values())
+        if code >= 0 or not tasks:  # it failed by itself (its error is above), not on a file
+            raise RuntimeError(f"a process checking images ended with exit code {code}; its error is printed above")
+        rels = [rel for _, task_rels in tasks for rel in task_rels]
+        shown = ", ".join(rels[:5]) + (f" and {len(rels) - 5} more" if len(rels) > 5 else "")
+        raise ValueError(f"a process checking the images of {tasks[0][0]} was killed by signal {-code} on one of "
+                         f"{shown}: move the file that crashes the decoder out of the folder and start again")
+
+    def close(self):
+        for proc in self.procs:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        self.selector.close()
+
+
+def _worker_main():
+    """A worker process of ``_Processes``: ``[task, folder, cache, [rel, ...]]`` lines in, ``[task, [[verdict,
+    reason], ...]]`` lines out, until its stdin closes. Ctrl-C is left to the parent, which ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # anything a library prints goes to stderr, never into the results
+    for line in sys.stdin.buffer:
+        task, folder, cache, rels = json.loads(line)
+        out.write(json.dumps([task, _check_chunk(folder, cache, rels)]).encode() + b"\n")
+        out.flush()
+
+
+def _check_files(folder, cache, entries, todo, workers, lock):
+    """Fill in the verdict and reason of ``entries[i]`` for every ``i`` of ``todo``.
+
+    ``workers`` worker processes (``_Processes``) check ``_CHUNK_FILES`` files per task; fewer than
+    ``_PROCESS_MIN_FILES`` files are checked by as many threads. Reports progress and keeps ``lock`` fresh.
+    """
+    use_processes = workers > 1 and len(todo) >= _PROCESS_MIN_FILES
+    progress = _Progress(folder, cache, len(todo), len(entries), workers,
+                         "processes" if use_processes else "threads")
+    chunks = [todo[i:i + _CHUNK_FILES] for i in range(0, len(todo), _CHUNK_FILES)]
+    pool = _Processes(workers) if use_processes else _Threads(workers)
+    try:
+        submitted = running = done = 0
+        while done < len(todo):
+            while running < pool.capacity and submitted < len(chunks):
+                pool.submit(submitted, folder, cache, [entries[i][0] for i in chunks[submitted]])
+                submitted += 1
+                running += 1
+            for task, verdicts in pool.collect(timeout=1.0):
+                for i, (verdict, reason) in zip(chunks[task], verdicts):
+                    entries[i][3], entries[i][4] = verdict, reason
+                done += len(chunks[task])
+                running -= 1
+            lock.beat()
+            progress.update(done)
+    finally:
+        pool.close()
+    progress.finish()
+
+
+def _build(folder, cache, class_names, files, old, workers, lock):
     """Check the new or changed files (reusing the verdicts of ``old``) and write the manifest."""
     known = {e[0]: e for e in old["entries"]} if old else {}
     entries, todo = [], []
@@ -271,15 +501,8 @@ def _build(folder, cache, class_names, files, old, workers):
             entries.append([rel, size, mtime, None, ""])
             todo.append(len(entries) - 1)
     os.makedirs(os.path.join(cache, "converted"), exist_ok=True)
-    lock = os.path.join(cache, _LOCK_NAME)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = pool.map(lambda i: _check_and_convert(folder, cache, entries[i][0]), todo)
-        last_touch = time.monotonic()
-        for i, (verdict, reason) in zip(todo, results):
-            entries[i][3], entries[i][4] = verdict, reason
-            if time.monotonic() - last_touch > 10:  # keep the lock fresh for the waiting processes
-                os.utime(lock)
-                last_touch = time.monotonic()
+    if todo:
+        _check_files(folder, cache, entries, todo, workers, lock)
     data = {"version": _VERSION, "folder": folder, "classes": class_names, "entries": entries}
     _atomic_write(os.path.join(cache, MANIFEST_NAME), json.dumps(data, separators=(",", ":")).encode())
     return data
@@ -307,7 +530,7 @@ def _read_text(path):
         return None
 
 
-def _update_view(folder, cache, labels, entries, digest):
+def _update_view(folder, cache, labels, entries, digest, lock):
     """Bring ``cache/view`` (see the module docstring) to ``entries``: links are added and removed, the
     others stay, so a changed folder costs one link per added or removed file."""
     view = os.path.join(cache, "view")
@@ -326,6 +549,7 @@ def _update_view(folder, cache, labels, entries, digest):
         if name not in wanted and name != PAD_FOLDER:
             shutil.rmtree(os.path.join(view, name), ignore_errors=True)
     for name, links in wanted.items():
+        lock.beat()
         class_view = os.path.join(view, name)
         os.makedirs(class_view, exist_ok=True)
         present = set(os.listdir(class_view))
@@ -342,37 +566,77 @@ def _update_view(folder, cache, labels, entries, digest):
 
 
 class _BuildLock:
-    """An exclusive lock file. Waiters wait as long as the builder keeps it fresh (it touches the file
-    while it checks images); a lock untouched for ``_LOCK_STALE_S`` was left by a dead builder."""
+    """``build.lock`` of a cache folder: ``with`` waits for it and takes it, ``beat()`` keeps it fresh.
 
-    def __init__(self, path):
-        self.path = path
+    While another live process holds it, says what it waits for (that process, its progress) when the
+    wait starts and every ``_WAIT_REPORT_S`` seconds. Takes it over at once when its owner is gone (this
+    host), or when it is untouched for ``_LOCK_STALE_S`` seconds (another host, or no owner named), with
+    one line saying so.
+    """
+
+    def __init__(self, cache, folder):
+        self.cache = cache
+        self.path = os.path.join(cache, _LOCK_NAME)
+        self.folder = folder
+        self.owner = None
+        self._touched = 0.0
 
     def __enter__(self):
+        waited_since = reported = None
         while True:
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-                os.close(fd)
+            owner = owner_record()
+            if create_lock(self.path, owner):
+                self.owner, self._touched = owner, time.monotonic()
                 return self
-            except FileExistsError:
-                try:
-                    if time.time() - os.path.getmtime(self.path) > _LOCK_STALE_S:
-                        os.remove(self.path)
-                        continue
-                except OSError:
-                    continue
+            try:
+                raw, found = read_lock(self.path)
+                age = time.time() - os.path.getmtime(self.path)
+            except FileNotFoundError:
+                continue
+            state = owner_state(found) if found else "unknown"
+            if state == "gone" or (state != "alive" and age > _LOCK_STALE_S):
+                if remove_if_unchanged(self.path, raw):
+                    why = (f"the process that held it ({describe_owner(found)}) is gone" if state == "gone" else
+                           f"it is untouched for {age:.0f}s, so its builder "
+                           f"({describe_owner(found) if found else 'not named in it'}) is taken for dead")
+                    _LOG.warning("image cache of %s: taking over %s: %s", self.folder, self.path, why, extra=CONSOLE)
+                continue
+            now = time.monotonic()
+            waited_since = now if waited_since is None else waited_since
+            if reported is None or now - reported >= _WAIT_REPORT_S:
+                reported = now
+                who = describe_owner(found) if found else "not named in its lock"
+                progress = _read_progress(self.cache)
+                _LOG.info("image cache of %s: waiting for the process that builds it (%s%s; lock %s; waited %s)",
+                          self.folder, who, f"; {progress}" if progress else "", self.path,
+                          _duration(now - waited_since), extra=CONSOLE)
             time.sleep(0.2)
 
+    def beat(self):
+        """Touch the lock when it was last touched ``_TOUCH_S`` seconds ago or more."""
+        now = time.monotonic()
+        if now - self._touched >= _TOUCH_S:
+            self._touched = now
+            try:
+                os.utime(self.path)
+            except OSError:
+                pass
+
     def __exit__(self, *exc):
-        try:
-            os.remove(self.path)
-        except OSError:
-            pass
+        remove_own_lock(self.path, self.owner)
+
+
+def available_cores():
+    """The CPU cores this process may run on (its affinity: a launcher's or a scheduler's pinning)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=None):
-    """The usable images of ``folder`` (a ``Manifest``).
+    """The usable images of ``folder`` (a ``Manifest``); ``workers``: processes (threads for a few files)
+    that check the files, default ``available_cores()``.
 
     With ``verify``, every image is checked once (``check_image``) and the verdicts are cached (see the
     module docstring); the manifest comes with its view. Without, the folder is only listed: no file
@@ -381,22 +645,21 @@ def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=No
     whose images are all unreadable.
     """
     folder = os.path.abspath(folder)
-    class_names, files, problems = list_image_folder(folder)
+    class_names, files, problems, ignored = list_image_folder(folder)
     if not verify:
         paths = [os.path.join(folder, rel) for rel, _, _ in files]
         labels = _labels_of(class_names, files)
         needs_pil = [os.path.splitext(p)[1].lower() not in (".jpg", ".jpeg", ".png") for p in paths]
-        return Manifest(folder, class_names, paths, labels, needs_pil, problems, None)
+        return Manifest(folder, class_names, paths, labels, needs_pil, problems, None, ignored)
 
     cache = cache_folder(folder, cache_dir, fallback_dir)
     manifest_path = os.path.join(cache, MANIFEST_NAME)
     data = _read_manifest(manifest_path, folder)
     if not _is_current(data, class_names, files):
-        with _BuildLock(os.path.join(cache, _LOCK_NAME)):
+        with _BuildLock(cache, folder) as lock:
             data = _read_manifest(manifest_path, folder)  # another process may have built it meanwhile
             if not _is_current(data, class_names, files):
-                data = _build(folder, cache, class_names, files, data,
-                              workers or min(16, 4 * (os.cpu_count() or 1)))
+                data = _build(folder, cache, class_names, files, data, workers or available_cores(), lock)
     entries = data["entries"]
     all_labels = _labels_of(class_names, entries)
     problems += [(os.path.join(folder, e[0]), e[4]) for e in entries if e[3] == "bad"]
@@ -411,11 +674,11 @@ def load_manifest(folder, verify=True, cache_dir="", fallback_dir="", workers=No
     digest = _view_digest(class_names, labels, kept)
     view = os.path.join(cache, "view")
     if _read_text(os.path.join(view, ".complete")) != digest:
-        with _BuildLock(os.path.join(cache, _LOCK_NAME)):
-            _update_view(folder, cache, labels, kept, digest)
+        with _BuildLock(cache, folder) as lock:
+            _update_view(folder, cache, labels, kept, digest, lock)
     paths = [f"{folder}{os.sep}{e[0]}" for e in kept]
     needs_pil = [e[3] == "convert" for e in kept]
-    return Manifest(folder, class_names, paths, labels, needs_pil, problems, view)
+    return Manifest(folder, class_names, paths, labels, needs_pil, problems, view, ignored)
 
 
 def _labels_of(class_names, entries):

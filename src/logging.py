@@ -1,18 +1,62 @@
 """Logger for train.py / eval.py: console plus ``log_dir/log_rank{R}.txt`` (rank 0 writes files only).
 
-The log file also receives the warnings of the project's library loggers (``logging.getLogger("src...")``,
-e.g. the input pipeline naming a skipped image) while the ``TrainLogger`` is open.
+The log file also receives the project's library loggers (``logging.getLogger("src...")``, e.g. the input
+pipeline naming each skipped image) while the ``TrainLogger`` is open. A library record logged with
+``extra=CONSOLE`` (a summary, a wait, the progress of a long step) is shown on the console as well:
+
+    >>> _LOG.warning("skipped 3 unreadable image(s) in %s: ...", folder, extra=CONSOLE)
+
+Entry points without a ``TrainLogger`` (eval.py, the benchmarks) call ``library_console()``.
 """
 import logging
 import os
 import sys
 from datetime import datetime
 
-__all__ = ["TrainLogger", "get_logger"]
+__all__ = ["TrainLogger", "get_logger", "CONSOLE", "library_console"]
 
 _FORMAT = "%(asctime)s:%(levelname)s:%(message)s"
 #: parent of the library modules' loggers (src.dataset, src.image_manifest, ...)
 _LIBRARY_LOGGER = "src"
+#: ``extra=`` of a library record that belongs on the console too
+CONSOLE = {"console": True}
+#: the handlers the newest TrainLogger / library_console attached to the library logger
+_ATTACHED = []
+
+
+class _ConsoleRecords(logging.Filter):
+    """Passes records logged with ``extra=CONSOLE``, and the others from ``others_from`` (None: none)."""
+
+    def __init__(self, others_from=None):
+        super().__init__()
+        self.others_from = others_from
+
+    def filter(self, record):
+        if getattr(record, "console", False):
+            return True
+        return self.others_from is not None and record.levelno >= self.others_from
+
+
+def _attach_to_library(handlers):
+    """Route the library logger to ``handlers`` (replacing an earlier run's) at INFO and above."""
+    library = logging.getLogger(_LIBRARY_LOGGER)
+    for old in _ATTACHED:
+        library.removeHandler(old)
+    _ATTACHED[:] = handlers
+    for handler in handlers:
+        library.addHandler(handler)
+    if library.getEffectiveLevel() > logging.INFO:
+        library.setLevel(logging.INFO)
+
+
+def library_console(stream=None):
+    """Show the library's console records (INFO and above) and every other warning on ``stream``
+    (default stderr): for entry points without a ``TrainLogger``."""
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    handler.addFilter(_ConsoleRecords(others_from=logging.WARNING))
+    _attach_to_library([handler])
+    return handler
 
 
 class TrainLogger(logging.Logger):
@@ -24,12 +68,18 @@ class TrainLogger(logging.Logger):
         self.log_file = None
         self.setLevel(logging.INFO)
         formatter = logging.Formatter(_FORMAT)
+        library_handlers = []
         if console:
             handler = logging.StreamHandler(sys.stdout)
             handler.setFormatter(formatter)
             # other ranks only report problems on the console
             handler.setLevel(logging.INFO if self.rank == 0 else logging.WARNING)
             self.addHandler(handler)
+            library_console_handler = logging.StreamHandler(sys.stdout)
+            library_console_handler.setFormatter(formatter)
+            library_console_handler.setLevel(handler.level)
+            library_console_handler.addFilter(_ConsoleRecords())
+            library_handlers.append(library_console_handler)
         if log_dir and self.rank == 0:
             os.makedirs(log_dir, exist_ok=True)
             stamp = datetime.now().strftime("%Y-%m-%d_time_%H_%M_%S")
@@ -37,10 +87,9 @@ class TrainLogger(logging.Logger):
             file_handler = logging.FileHandler(self.log_file)
             file_handler.setFormatter(formatter)
             self.addHandler(file_handler)
-            library = logging.getLogger(_LIBRARY_LOGGER)
-            library.addHandler(file_handler)
-            if library.getEffectiveLevel() > logging.WARNING:
-                library.setLevel(logging.WARNING)
+            library_handlers.append(file_handler)
+        self._library_handlers = library_handlers
+        _attach_to_library(library_handlers)
 
     def save_args(self, config):
         """Log every config key with its value, sorted."""
@@ -58,11 +107,12 @@ class TrainLogger(logging.Logger):
         self.info("")
 
     def close(self):
-        for handler in list(self.handlers):
+        library = logging.getLogger(_LIBRARY_LOGGER)
+        for handler in list(self.handlers) + self._library_handlers:
             handler.flush()
             handler.close()
             self.removeHandler(handler)
-            logging.getLogger(_LIBRARY_LOGGER).removeHandler(handler)
+            library.removeHandler(handler)
 
 
 def get_logger(log_dir=None, rank=0, name="train"):

@@ -3,7 +3,9 @@
     >>> from src.trainer import run_training
     >>> summary = run_training(config, callbacks=[MyCallback()])
 
-How a run flows: ``init_env`` (mode, device, communication group) -> ``src.dataset.create_dataset`` ->
+How a run flows: ``init_env`` (mode, device, communication group) -> rank 0 owns the output and checkpoint
+folders (``src.locks.claim_folders``: a second run into them stops before writing anything) ->
+``src.dataset.create_dataset`` ->
 ``src.builder.build_network(config, "train")`` -> ``src.train_step.build_train_step`` (one optimizer step
 of the recipe as a cell) -> ``Model(train_step).train(...)`` with the callbacks of ``src.callback``
 (statistics and divergence at log points, BatchNorm averaging over ranks, evaluation with EMA weights,
@@ -32,6 +34,7 @@ from src.callback import (PARTIAL_MARK, BatchNormSync, CheckpointManager, Checkp
                           checkpoint_is_readable, find_latest_checkpoint, meta_entries)
 from src.eval_engine import EvalEngine
 from src.logging import get_logger
+from src.locks import claim_folders
 from src.lr_generator import lr_from_config
 from src.train_step import build_train_step
 
@@ -273,18 +276,40 @@ def run_training(config, callbacks=None):
     ``cb_params.eval_result`` and ``cb_params.epoch_loss`` at epoch ends). Raises TrainingDiverged,
     CheckpointSaveError, TrainingInterrupted, ValueError (a configuration or data mistake).
     """
-    from src.dataset import create_dataset
-
     extra = list(callbacks or [])
     for callback in extra:
         if not isinstance(callback, Callback):
             raise ValueError(f"callbacks must be mindspore.train.Callback objects, got {type(callback).__name__}")
     rank_id, rank_size = init_env(config)
+    with claim_folders(_owned_folders(config, rank_id)) as takeovers:
+        return _train(config, extra, rank_id, rank_size, takeovers)
+
+
+def _owned_folders(config, rank_id):
+    """The folders a run owns while it trains, as (folder, what, config key) (created and checked writable).
+
+    Rank 0 owns them for the whole data-parallel job: the other ranks write only under rank 0's folders
+    (``rank<R>/`` with save_all_ranks), so they share them.
+    """
+    if rank_id != 0:
+        return []
+    folders = [(str(config.output_path or "."), "output folder", "output_path")]
+    if config.save_checkpoint:
+        folders.append((checkpoint_dir(config), "checkpoint folder", "save_checkpoint_path"))
+    for folder, what, _ in folders:
+        check_output_folder(folder, what)
+    return folders
+
+
+def _train(config, extra, rank_id, rank_size, takeovers):
+    """``run_training`` once the run owns its folders; ``takeovers``: lines about locks of dead runs."""
+    from src.dataset import create_dataset
+
     output_path = str(config.output_path or ".")
     is_main = rank_id == 0
-    if is_main:
-        check_output_folder(output_path, "output folder")
     logger = get_logger(output_path if is_main else None, rank_id, name="train")
+    for line in takeovers:
+        logger.warning(line)
     logger.info("standalone training" if rank_size == 1 else f"distributed training: rank {rank_id} of {rank_size}")
     if is_main:
         logger.save_args(config)

@@ -56,3 +56,24 @@ def convert_fixture(tmp_path, arch, weights="soft_tiny"):
     dst = tmp_path / f"{arch}.ckpt"
     convert_file(arch, str(src), str(dst))
     return dst
+
+
+def tree_state(root, skip=()):
+    """{relative path: (kind, size, mtime_ns, content hash or link target)} of everything under ``root``, for
+    checking that a command changed nothing there; names in ``skip`` (e.g. an image cache) are left out."""
+    import hashlib
+
+    root = Path(root)
+    state = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(part in skip for part in rel.parts):
+            continue
+        if path.is_symlink():
+            state[str(rel)] = ("link", os.readlink(path))
+        elif path.is_dir():
+            state[str(rel)] = ("dir",)
+        else:
+            info = path.stat()
+            state[str(rel)] = ("file", info.st_size, info.st_mtime_ns, hashlib.sha1(path.read_bytes()).hexdigest())
+    return state

@@ -224,6 +224,22 @@ def test_command_line_errors(tmp_path):
         load_config(["--config_path", _write(tmp_path, "a: [1, 2\n", "broken.yml")])
 
 
+def test_a_key_set_twice_and_an_empty_file_are_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys silently; here every mapping is checked (model_args too), on the
+    command line as well. The original port's extra YAML documents (help texts) may repeat the values' keys."""
+    nested = _write(tmp_path, "backbone: soft_tiny\nmodel_args:\n  landmarks: pool\n  landmarks: conv\n", "n.yml")
+    with pytest.raises(ConfigError, match=r"sets 'landmarks' twice \(lines 3 and 4\); keep one of them"):
+        load_config(["--config_path", nested])
+    for value in ("{newton_iters: 20, newton_iters: 6}", "newton_iters=20,newton_iters=6"):
+        with pytest.raises(ConfigError, match=r"model_args.*sets 'newton_iters' twice"):
+            load_config(["--config_path", _write(tmp_path, "backbone: soft_tiny\n"), "--model_args", value])
+    documents = _write(tmp_path, "batch_size: 32\n---\nbatch_size: 'help: per device'\n", "docs.yml")
+    assert load_config(["--config_path", documents]).batch_size == 32
+    for text in ("", "# nothing yet\n", "{}\n", "---\n"):
+        with pytest.raises(ConfigError, match="is empty"):
+            load_config(["--config_path", _write(tmp_path, text, "empty.yml")])
+
+
 def test_config_object_behaviour(tmp_path):
     config = make_config({"batch_size": 16, "dataset_path": "/d"})
     assert isinstance(config, Config) and config.batch_size == 16 and config.dataset_path == "/d"

@@ -4,9 +4,13 @@ import importlib.util
 import io
 import logging
 import os
+import re
+import signal
+import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +21,7 @@ import src.image_manifest as image_manifest
 from src.autoaugment import _magnitude_table, build_auto_augment, parse_rand_augment
 from src.dataset import (IMAGENET_MEAN, IMAGENET_STD, _jpeg_structure_ok, _workers, create_dataset, decode_for_eval,
                          eval_resize_size, eval_transform, scan_image_folder)
+from src.locks import create_lock, owner_record
 from src.logging import get_logger
 from src.model_utils.config import make_config
 
@@ -239,7 +244,8 @@ def test_class_count_must_match_class_num(image_folder_factory):
 def test_eval_classes_must_match_training_classes(image_folder_factory):
     root = image_folder_factory(per_class=2, classes=["cat", "dog"], splits=("train",))
     image_folder_factory(per_class=2, classes=["cat", "cow"], splits=("val",), root=root)
-    with pytest.raises(ValueError, match="differ from those of"):
+    with pytest.raises(ValueError, match=r"class folder\(s\) cow only in the evaluation folder .* and class "
+                                         r"folder\(s\) dog only in the training folder"):
         create_dataset(_config(root), training=False)
 
 
@@ -502,12 +508,99 @@ def test_one_process_builds_the_others_wait(image_folder_factory, monkeypatch):
     assert len(calls) == 10  # every file checked once, by one builder
 
 
-def test_a_stale_lock_is_taken_over(image_folder_factory):
+def test_a_stale_lock_is_taken_over(image_folder_factory, caplog):
     root = image_folder_factory(per_class=2, splits=("train",))
     cache = Path(image_manifest.cache_folder(str(root / "train")))
-    (cache / "build.lock").write_text("host 999999\n")
+    (cache / "build.lock").write_text("host 999999\n")  # names no owner (an older lock format)
     os.utime(cache / "build.lock", (0, 0))  # untouched for ages: its builder died
-    assert len(image_manifest.load_manifest(str(root / "train")).paths) == 4
+    with caplog.at_level(logging.INFO, logger="src.image_manifest"):
+        assert len(image_manifest.load_manifest(str(root / "train")).paths) == 4
+    assert f"taking over {cache / 'build.lock'}: it is untouched for" in caplog.text
+
+
+def test_a_wait_for_a_live_builder_names_it_and_its_progress(image_folder_factory, caplog):
+    root = image_folder_factory(per_class=2, splits=("train",))
+    cache = Path(image_manifest.cache_folder(str(root / "train")))
+    builder = subprocess.Popen(["sleep", "300"])
+    try:
+        assert create_lock(str(cache / "build.lock"), owner_record(builder.pid))
+        results = []
+        with caplog.at_level(logging.INFO, logger="src.image_manifest"):
+            progress = image_manifest._Progress(str(root / "train"), str(cache), 1000, 1000, 2, "processes")
+            progress.next = 0.0  # report now
+            progress.update(250)
+            waiter = threading.Thread(target=lambda: results.append(image_manifest.load_manifest(str(root / "train"))))
+            waiter.start()
+            deadline = time.time() + 30
+            while "waiting for" not in caplog.text and time.time() < deadline:
+                time.sleep(0.05)
+            assert waiter.is_alive() and not results
+            builder.kill()
+            builder.wait()
+            waiter.join(30)
+    finally:
+        builder.kill()
+        builder.wait()
+    assert len(results[0].paths) == 4
+    text = caplog.text
+    assert re.search(r"checked 250/1,000 files \(\d+ files/s, ETA [\dms]+\)", text), text
+    assert re.search(rf"waiting for the process that builds it \(host \S+, PID {builder.pid}, started [\d: -]+; "
+                     rf"checked 250/1,000 files, ETA [\dms]+; lock {re.escape(str(cache / 'build.lock'))}; waited 0s\)",
+                     text), text
+    assert f"the process that held it (host {socket.gethostname()}, PID {builder.pid}," in text
+
+
+def test_a_large_build_checks_in_worker_processes_like_threads(image_folder_factory, tmp_path, monkeypatch, caplog):
+    """Worker processes from ``_PROCESS_MIN_FILES`` files on (lowered here): the same verdicts and PNG copies as
+    the threads of a small build."""
+    root = image_folder_factory(per_class=12, splits=("train",), size=(20, 16), fmt="JPEG")
+    folder = root / "train" / "class_1"
+    (folder / "bad.jpg").write_bytes(b"no image")
+    Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(folder / "web.webp", "WEBP")
+    threads = image_manifest.load_manifest(str(root / "train"), cache_dir=str(tmp_path / "threads"), workers=2)
+    monkeypatch.setattr(image_manifest, "_PROCESS_MIN_FILES", 8)
+    monkeypatch.setattr(image_manifest, "_CHUNK_FILES", 3)  # 9 tasks, two in flight per worker
+    with caplog.at_level(logging.INFO, logger="src.image_manifest"):
+        processes = image_manifest.load_manifest(str(root / "train"), cache_dir=str(tmp_path / "processes"),
+                                                 workers=2)
+    assert "checking 26 files with 2 processes" in caplog.text and "checked 26/26 files in" in caplog.text
+    assert processes.paths == threads.paths and processes.needs_pil == threads.needs_pil
+    assert processes.problems == threads.problems and [p for p, _ in processes.problems] == [str(folder / "bad.jpg")]
+    assert len(list((tmp_path / "processes").glob("train-*/converted/*.png"))) == 1
+
+
+def test_a_worker_killed_on_a_file_is_one_sentence_naming_the_files(tmp_path):
+    pool = image_manifest._Processes(1)
+    try:
+        pool.submit(0, str(tmp_path), str(tmp_path), [f"c/{i}.jpg" for i in range(7)])
+        os.kill(pool.procs[0].pid, signal.SIGSEGV)  # as a decoder crash would (the worker is still starting)
+        with pytest.raises(ValueError, match=rf"a process checking the images of {tmp_path} was killed by signal "
+                                             rf"{int(signal.SIGSEGV)} on one of c/0.jpg, c/1.jpg, c/2.jpg, c/3.jpg, "
+                                             r"c/4.jpg and 2 more: move the file that crashes the decoder out"):
+            pool.collect(timeout=30)
+    finally:
+        pool.close()
+
+
+def test_files_the_pipeline_does_not_read_are_listed_and_counted(image_folder_factory, caplog):
+    root = image_folder_factory(per_class=2, splits=("train",))
+    train = root / "train"
+    (train / "class_0" / "a.gif").write_bytes(b"GIF89a")
+    (train / "class_0" / "b.GIF").write_bytes(b"GIF89a")
+    (train / "class_1" / "README").write_text("about")
+    (train / "class_1" / "more").mkdir()
+    (train / "labels.txt").write_text("class_0\nclass_1")
+    (train / "class_1" / ".DS_Store").write_text("hidden: not counted")
+    manifest = image_manifest.load_manifest(str(train))
+    assert sorted(manifest.ignored) == ["class_0/a.gif", "class_0/b.GIF", "class_1/README", "class_1/more/",
+                                        "labels.txt"]
+    with caplog.at_level(logging.WARNING, logger="src.dataset"):
+        create_dataset(_config(root, eval_path=str(train)), training=False)
+        create_dataset(_config(root, eval_path=str(train)), training=False)  # said once per process
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ignored")]
+    assert lines == [f"ignored 4 file(s) and 1 sub-folder(s) in {train} that the pipeline does not read (.gif: 2, "
+                     ".txt: 1, no extension: 1, sub-folder: 1), in class_0/ (2), class_1/ (2), the folder itself (1); "
+                     "it reads .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp/.ppm/.pgm files in the class folders"]
 
 
 # --------------------------------------------------------------------------------------------- shards

@@ -1,6 +1,6 @@
-"""Data-parallel training through train.py on 2 CPU workers (msrun): both ranks end with bitwise identical
-weights and BatchNorm statistics, and the distributed evaluation counts every image once and gives the
-accuracy one process gets on the saved weights."""
+"""Data-parallel training through train.py on 2 CPU workers (msrun): the ranks share the output folder (rank 0
+owns it for the job), both ranks end with bitwise identical weights and BatchNorm statistics, and the
+distributed evaluation counts every image once and gives the accuracy one process gets on the saved weights."""
 import os
 import re
 import shutil
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from helpers import REPO
+from src.locks import RUN_LOCK_NAME
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(shutil.which("msrun") is None, reason="msrun (MindSpore's launcher) not on PATH")]
@@ -42,6 +43,8 @@ def test_two_cpu_workers_train_identically_and_evaluate_exactly(digits_root, tmp
     assert proc.returncode == 0, f"msrun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n" + \
         "\n".join(text[-2000:] for text in logs.values())
 
+    # the ranks of one job share its folders: rank 0 owns them for the job (and gives them back at its end)
+    assert not (out / RUN_LOCK_NAME).exists() and "in use by another training run" not in "\n".join(logs.values())
     ckpt_dir = out  # the demo config saves into output_path; each rank into rank<R>/ with save_all_ranks
     ranks = [ms.load_checkpoint(str(next((ckpt_dir / f"rank{r}").glob("soft_tiny-2_*.ckpt")))) for r in (0, 1)]
     weights = [name for name in ranks[0] if not name.startswith(("adam_", "learning_rate", "global_step",

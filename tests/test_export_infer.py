@@ -29,7 +29,7 @@ import mindspore as ms  # noqa: E402
 from mindspore import nn, ops  # noqa: E402
 
 import export as export_cli  # noqa: E402
-from helpers import SHALLOW  # noqa: E402
+from helpers import SHALLOW, tree_state  # noqa: E402
 from models import create_model  # noqa: E402
 from models.softmax_free_vision_transformer import bilinear_matrix  # noqa: E402
 from models.export_utils import (ErfFreeGELU, class_names_path, prepare_for_export,  # noqa: E402
@@ -237,13 +237,17 @@ def test_export_writes_class_names_sidecar(trained):
 def test_infer_mindir_and_checkpoint_agree(trained):
     common = ["--config_path", "config/SOFT_export.yml", "--backbone", "SwiftFormer_XS", "--class_num", len(CLASSES),
               "--eval_image_size", SIZE, "--topk", 2]
+    images_before = tree_state(trained["images"])
     by_mindir = _run_py("infer.py", *common, "--mindir", trained["mindir"], trained["images"])
     by_ckpt = _run_py("infer.py", *common, "--checkpoint", trained["ckpt"], trained["images"] / "rgb.png",
                       trained["images"] / "sub", trained["images"] / "gray.jpg", trained["images"] / "broken.jpg")
-    for proc in (by_mindir, by_ckpt):
-        assert proc.returncode == 0, proc.stdout + proc.stderr
+    for proc in (by_mindir, by_ckpt):  # one image cannot be read: exit 1, the others still classified
+        assert proc.returncode == 1, proc.stdout + proc.stderr
         assert f"ERROR: cannot read image {trained['images'] / 'broken.jpg'}" in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == ("ERROR: 1 of 4 image(s) could not be read (named above); "
+                                                        "the other 3 are classified above")
         assert "Traceback" not in proc.stderr
+    assert tree_state(trained["images"]) == images_before
     pm, pc = _predictions(by_mindir.stdout), _predictions(by_ckpt.stdout)
     names = {str(trained["images"] / n) for n in ("rgb.png", "gray.jpg", "sub/cmyk.jpg")}
     assert set(pm) == names and set(pc) == names
@@ -272,7 +276,7 @@ def test_class_name_sources_in_order(trained, tmp_path, image_folder_factory):
     assert resolve_class_names(_config(), str(model), {"class_names": CLASSES}, 4) == (None, "class indices")
 
 
-def test_infer_fails_only_when_every_image_failed(trained, tmp_path):
+def test_infer_with_no_readable_image_says_so(trained, tmp_path):
     bad = _run_py("infer.py", "--config_path", "config/SOFT_export.yml", "--mindir", trained["mindir"],
                   trained["images"] / "broken.jpg", tmp_path / "missing.png")
     assert bad.returncode != 0

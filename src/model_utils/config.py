@@ -10,7 +10,8 @@ Order of precedence: the defaults in ``SCHEMA`` < the YAML file (``--config_path
 
 Every key has a type, a default and a help text in ``SCHEMA`` (``python train.py --help`` prints
 them). An unknown or misspelt key, in a YAML file or on the command line, raises ``ConfigError``
-naming the closest valid key; a value of the wrong type names the key and the expected type.
+naming the closest valid key; a value of the wrong type names the key and the expected type; a key
+set twice in one YAML mapping names the key and both lines; an empty YAML file is refused.
 Booleans accept true/false/1/0 (and yes/no/on/off); the original MindSpore port wrote them as 0/1.
 
 Derived values: an empty ``eval_path`` means ``<dataset_path>/val`` (the sibling ``val`` folder when
@@ -438,7 +439,9 @@ def _parse_mapping(value, bad):
     text = value.strip()
     if text.startswith("{"):
         try:
-            parsed = yaml.safe_load(text)
+            parsed = yaml.load(text, Loader=_StrictLoader)
+        except _RepeatedKey as err:
+            raise bad(f" (sets {err.key!r} twice)") from None
         except yaml.YAMLError:
             raise bad() from None
         if not isinstance(parsed, dict):
@@ -449,6 +452,8 @@ def _parse_mapping(value, bad):
         name, eq, raw = item.partition("=")
         if not eq or not name.strip():
             raise bad(" (expected key=value,key=value)")
+        if name.strip() in result:
+            raise bad(f" (sets {name.strip()!r} twice)")
         try:
             result[name.strip()] = yaml.safe_load(raw.strip()) if raw.strip() else ""
         except yaml.YAMLError:
@@ -611,16 +616,41 @@ def _resolve_config_path(path):
     raise ConfigError(f"config file not found: {path}")
 
 
+class _RepeatedKey(yaml.YAMLError):
+    def __init__(self, key, first_line, line):
+        super().__init__(key)
+        self.key, self.first_line, self.line = key, first_line, line
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (PyYAML keeps the last value silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise _RepeatedKey(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def _read_yaml(path):
     try:
         with open(path, "r", encoding="utf-8") as fh:
-            docs = [d for d in yaml.safe_load_all(fh)]
+            docs = list(yaml.load_all(fh, Loader=_StrictLoader))
+    except _RepeatedKey as err:
+        raise ConfigError(f"config file {path} sets {err.key!r} twice (lines {err.first_line} and {err.line}); "
+                          "keep one of them") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"cannot parse config file {path}: {err}") from None
     # The original port allowed extra YAML documents (help texts, choices) after the values; they are ignored.
     data = docs[0] if docs else None
-    if data is None:
-        return {}
+    if data is None or data == {}:
+        raise ConfigError(f"config file {path} is empty (no key: value pairs); fill it in, e.g. from "
+                          f"config/soft_tiny.yml, or leave out --config_path to use {DEFAULT_CONFIG}")
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of key: value pairs")
     return data
