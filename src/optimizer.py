@@ -206,6 +206,17 @@ class SquaredNorm(nn.Cell):
         return ms.amp.all_finite(grads)
 
 
+_centralize = ops.MultitypeFuncGraph("centralize")
+
+
+@_centralize.register("Bool", "Tensor")
+def _tensor_centralize(flag, grad):
+    """grad minus its mean over all axes but the first, where ``flag`` (conv / dense weights)."""
+    if flag:
+        return grad - grad.mean(axis=tuple(range(1, grad.ndim)), keep_dims=True)
+    return grad
+
+
 _scale_by = ops.MultitypeFuncGraph("scale_by")
 
 
@@ -249,16 +260,9 @@ class GradientPreprocess(nn.Cell):
         self.hyper_map = ops.HyperMap()
         self.squared_norm = squared_norm if squared_norm is not None else SquaredNorm()
 
-    @staticmethod
-    def _centralize(flag, grad):
-        if flag:
-            axes = tuple(range(1, grad.ndim))
-            return grad - grad.mean(axis=axes, keep_dims=True)
-        return grad
-
     def construct(self, grads, scale):
         if self.use_gc:
-            grads = tuple(self._centralize(f, g) for f, g in zip(self.gc_flags, grads))
+            grads = self.hyper_map(_centralize, self.gc_flags, grads)
         if self.use_clip:
             norm = ops.sqrt(self.squared_norm(grads)) / scale
             finite = ops.isfinite(norm)

@@ -49,6 +49,24 @@ def _tensor_cast_like(param, grad):
     return ops.cast(grad, param.dtype)
 
 
+_ema_update_one = ops.MultitypeFuncGraph("ema_update_one")
+
+
+@_ema_update_one.register("Number", "Tensor", "Tensor")
+def _tensor_ema_update_one(decay, ema, param):
+    """ema <- decay * ema + (1 - decay) * param (timm's ModelEma)."""
+    return ops.assign(ema, ema * decay + ops.cast(param, ema.dtype) * (1.0 - decay))
+
+
+_assign_from_flat = ops.MultitypeFuncGraph("assign_from_flat")
+
+
+@_assign_from_flat.register("Tensor", "Tensor", "Number", "Number")
+def _tensor_assign_from_flat(flat, param, start, end):
+    """param <- flat[start:end] (float32) in param's shape and dtype."""
+    return ops.assign(param, ops.cast(flat[start:end].reshape(param.shape), param.dtype))
+
+
 def _unwrap(net):
     """The backbone inside a mixed-precision wrapper (``_backbone``), or ``net`` itself."""
     while hasattr(net, "_backbone"):
@@ -56,9 +74,18 @@ def _unwrap(net):
     return net
 
 
+_as_flat_float32 = ops.MultitypeFuncGraph("as_flat_float32")
+
+
+@_as_flat_float32.register("Tensor")
+def _tensor_as_flat_float32(tensor):
+    return ops.cast(tensor, ms.float32).reshape(-1)
+
+
 def _flatten(tensors):
-    """A tuple of tensors as one float32 vector [sum of their sizes] (their elements in order): one Concat."""
-    return ops.concat(tuple(ops.cast(t, ms.float32).reshape(-1) for t in tensors))
+    """A tuple of tensors as one float32 vector [sum of their sizes] (their elements in order): one Concat.
+    (A map, not a generator: graph mode unrolls a generator into nested calls, limited to a depth of 1000.)"""
+    return ops.concat(ops.HyperMap()(_as_flat_float32, tensors))
 
 
 def _scalar(value, dtype, name):
@@ -197,7 +224,7 @@ class TrainStep(nn.Cell):
         self.statistics = ms.ParameterTuple([p for p in self.network.get_parameters() if not p.requires_grad])
         self.has_statistics = len(self.statistics) > 0
         ends = np.cumsum([int(np.prod(p.shape)) for p in self.statistics]).tolist()
-        self.statistics_spans = tuple(zip([0] + ends[:-1], ends))
+        self.statistics_starts, self.statistics_ends = tuple([0] + ends[:-1]), tuple(ends)
         self.use_ema = ema_decay is not None
         if self.use_ema:
             self.ema_sources = ms.ParameterTuple(list(self.network.get_parameters()))
@@ -208,15 +235,14 @@ class TrainStep(nn.Cell):
 
     # ---------------------------------------------------------------------------------- graph
     def _ema_update(self):
-        for ema, param in zip(self.ema_params, self.ema_sources):
-            ops.assign(ema, ema * self.ema_decay + ops.cast(param, ema.dtype) * (1.0 - self.ema_decay))
-        return True
+        # a HyperMap, not a Python loop: graph mode unrolls a loop into nested calls, and the ~900 parameters of
+        # soft_huge exceed MindSpore's call-depth limit of 1000
+        return self.hyper_map(F.partial(_ema_update_one, self.ema_decay), self.ema_params, self.ema_sources)
 
     def _restore_statistics(self, saved):
         """Put the BatchNorm statistics back from their flat copy ``saved`` (``_flatten(self.statistics)``)."""
-        for param, (start, end) in zip(self.statistics, self.statistics_spans):
-            ops.assign(param, ops.cast(saved[start:end].reshape(param.shape), param.dtype))
-        return True
+        return self.hyper_map(F.partial(_assign_from_flat, saved), self.statistics, self.statistics_starts,
+                              self.statistics_ends)
 
     def _update_loss_scale(self, applied):
         """Dynamic scale: halve on a skipped step (>= 1), double after ``scale_window`` good steps."""

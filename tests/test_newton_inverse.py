@@ -6,7 +6,7 @@ import mindspore as ms
 
 from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm, gaussian_kernel
 
-pytestmark = pytest.mark.unit
+pytestmark = [pytest.mark.unit, pytest.mark.both_paths]
 
 
 def _kernel_matrices(dtype, batch=2, heads=3, m=16, d=8, spread=0.6, seed=0):

@@ -109,6 +109,7 @@ def _parity_config(recipe):
     })
 
 
+@pytest.mark.both_paths
 @pytest.mark.parity
 @requires_fixtures
 def test_three_training_steps_match_the_reference():

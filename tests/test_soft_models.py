@@ -16,6 +16,7 @@ def graph_mode():
     ms.set_context(mode=ms.GRAPH_MODE)
 
 
+@pytest.mark.both_paths
 @pytest.mark.parametrize("arch, suffix", [("soft_tiny", ""), ("soft_norm_tiny", "_per_matrix")])
 @requires_fixtures
 @pytest.mark.parity
@@ -98,6 +99,7 @@ def _one_hot(labels, classes=10):
     return ms.Tensor(np.eye(classes, dtype=np.float32)[labels])
 
 
+@pytest.mark.both_paths
 @pytest.mark.slow
 def test_one_training_step_updates_every_parameter():
     ms.set_seed(0)
@@ -123,6 +125,7 @@ def test_a_few_steps_on_one_batch_drive_the_loss_down():
     assert losses[-1] < 0.2 * losses[0], losses
 
 
+@pytest.mark.both_paths
 @pytest.mark.slow
 @pytest.mark.parametrize("amp_level", ["O2", "O3"])
 def test_mixed_precision_training_keeps_the_kernel_in_float32_and_learns(amp_level):

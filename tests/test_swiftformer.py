@@ -90,6 +90,7 @@ def converted(reference, tmp_path_factory):
     return out
 
 
+@pytest.mark.both_paths
 @requires_fixtures
 @pytest.mark.parity
 @pytest.mark.parametrize("path", ["plain", "fused"])
@@ -389,6 +390,7 @@ class _Grads(nn.Cell):
         return self.grad(self.net, self.weights)(x, sens)
 
 
+@pytest.mark.both_paths
 def test_training_gradients_reach_every_parameter():
     net = _small(distillation=False, layer_scale_init_value=0.5)
     net.set_train(True)

@@ -107,6 +107,7 @@ def test_killed_run_left_a_complete_checkpoint(killed_run, run_dir):
     assert "loss_scale" in entries and any(k.startswith("adam_m.") for k in entries)
 
 
+@pytest.mark.both_paths
 def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
     import mindspore as ms
     from src.lr_generator import get_lr
@@ -137,6 +138,7 @@ def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
     assert np.abs(mean).max() > 1e-3
 
 
+@pytest.mark.both_paths
 def test_eval_reproduces_best_accuracy(resumed_run, run_dir):
     best_ckpt = str(Path(run_dir["out"]) / "best.ckpt")
     proc = _run(["eval.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],

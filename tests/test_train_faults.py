@@ -62,6 +62,7 @@ def _conv_stats(x, weight, bias, stride, pad):
     return out.mean(axis=(0, 2, 3)), out.var(axis=(0, 2, 3), ddof=1)
 
 
+@pytest.mark.both_paths
 @pytest.mark.parametrize("backbone", sorted(FAMILIES))
 def test_batchnorm_statistics_follow_the_batch_statistics(backbone, uniform_folder, tmp_path):
     import mindspore as ms

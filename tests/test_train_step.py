@@ -49,6 +49,7 @@ def _state(cell):
     return {p.name: p.asnumpy().copy() for p in cell.get_parameters()}
 
 
+@pytest.mark.both_paths
 @pytest.mark.unit
 def test_outputs_parameters_and_statistics():
     net, step = _step(model_ema=True, model_ema_decay=0.5)
@@ -79,6 +80,40 @@ def test_outputs_parameters_and_statistics():
     assert not np.allclose(ema["ema.bn.moving_mean"], 0.0)
 
 
+class _Wide(_Tiny):
+    """``_Tiny`` plus 1,100 scalar parameters added to its input (soft_huge has about 900 parameters)."""
+
+    def __init__(self, count=1100):
+        super().__init__()
+        self.offsets = ms.ParameterTuple([ms.Parameter(ms.Tensor(np.zeros(1, np.float32)), name=f"offset{i}")
+                                          for i in range(count)])
+
+    def construct(self, x):
+        return super().construct(x + ops.addn(self.offsets))
+
+
+@pytest.mark.unit
+def test_a_network_of_over_a_thousand_parameters_trains_with_ema():
+    """Graph mode unrolls a Python loop over parameters into nested calls (MindSpore stops at a depth of 1000):
+    the EMA update, the statistics copy and restore and gradient centralisation map over the parameters."""
+    ms.set_seed(0)
+    net = _Wide()
+    step = build_train_step(make_config({"class_num": 3, "lr_max": 1e-2, "model_ema": True, "model_ema_decay": 0.5,
+                                         "gc_flag": True, "clip_grad": 1.0}), net)
+    x, y = _batch()
+    before = _state(step)
+    assert bool(step(x, y)[1].asnumpy())
+    after = _state(step)
+    for name in ("ema.offset1099", "offset1099", "bn.moving_mean"):
+        assert not np.array_equal(after[name], before[name]), name
+    bad = ms.Tensor(np.full(x.shape, np.nan, np.float32))
+    assert not bool(step(bad, y)[1].asnumpy())
+    unchanged = _state(step)
+    for name, value in after.items():
+        if not name.startswith(("train_state.", "loss_scale")):
+            np.testing.assert_array_equal(unchanged[name], value, err_msg=name)
+
+
 @pytest.mark.unit
 def test_sgd_step_trains_and_saves_only_state():
     net, step = _step(opt="sgd", momentum=0.9, weight_decay=1e-4)
@@ -93,6 +128,7 @@ def test_sgd_step_trains_and_saves_only_state():
     assert all(n in network_names or n.startswith(TRAINING_STATE_PREFIXES) for n in saved), saved - network_names
 
 
+@pytest.mark.both_paths
 @pytest.mark.unit
 def test_non_finite_step_changes_nothing():
     net, step = _step(model_ema=True, model_ema_decay=0.9)
@@ -117,6 +153,7 @@ def test_non_finite_step_changes_nothing():
     assert np.isfinite(before["fc1.weight"]).all() and np.isfinite(net.fc1.weight.asnumpy()).all()
 
 
+@pytest.mark.both_paths
 @pytest.mark.unit
 def test_dynamic_loss_scale_halves_skips_and_grows():
     ms.set_seed(0)
@@ -141,6 +178,7 @@ def test_dynamic_loss_scale_halves_skips_and_grows():
     assert int(step.loss_scale_good_steps.asnumpy()) == 0
 
 
+@pytest.mark.both_paths
 @pytest.mark.unit
 def test_fixed_loss_scale_under_o3_trains():
     ms.set_seed(0)

@@ -43,6 +43,14 @@ class FlatSquaredNorm(nn.Cell):
         return ops.isfinite(_flat_squared_norm(grads))
 
 
+_as_row = ops.MultitypeFuncGraph("as_row")
+
+
+@_as_row.register("Tensor")
+def _tensor_as_row(tensor):
+    return tensor.reshape(-1)
+
+
 def _flat_squared_norm(tensors):
-    flat = ops.concat(tuple(t.reshape(-1) for t in tensors))
+    flat = ops.concat(ops.HyperMap()(_as_row, tensors))  # a map: graph mode nests a generator's calls
     return ops.matmul(flat.reshape(1, -1), flat.reshape(-1, 1)).reshape(())
