@@ -51,18 +51,45 @@ class TrainingInterrupted(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- environment
+def resolve_distributed(config):
+    """Whether this process trains data-parallel: ``run_distribute`` against how the process was started.
+
+    ``auto``: exactly when a launcher (msrun, mpirun, a rank table) started it. ``true`` without a launcher is
+    a one-sentence ValueError (a lone process cannot form a communication group; on Ascend MindSpore would
+    stop with "RANK_ID has not been exported"); ``false`` under a launcher of several processes trains each
+    one alone, with a warning.
+    """
+    from src.model_utils.device_adapter import get_device_num, get_launcher
+
+    launcher = get_launcher()
+    value = config.run_distribute
+    if value == "auto":
+        return launcher is not None
+    if value and launcher is None:
+        where = "on the command line" if "run_distribute" in config.command_line_keys else \
+            f"in {config.config_path or 'the config'}"
+        raise ValueError(f"run_distribute is true ({where}) but this process was not started by a launcher "
+                         "(msrun, mpirun or a rank table): start it with scripts/run_distribute_train_*.sh, or set "
+                         "--run_distribute auto (the default) to train on one device.")
+    if not value and launcher is not None and get_device_num() > 1:
+        print(f"WARNING: run_distribute is false but {launcher} started {get_device_num()} processes: each one "
+              "trains alone on its own device.", file=sys.stderr, flush=True)
+    return bool(value)
+
+
 def init_env(config):
-    """Execution mode, device, seed and (with ``run_distribute``) the communication group.
+    """Execution mode, device, seed and (when ``resolve_distributed``) the communication group.
 
     Returns ``(rank_id, rank_size)``; everything else asks this function's result, never the
     environment, so a single place decides who is rank 0.
     """
+    distributed = resolve_distributed(config)
     ms.set_context(mode=ms.GRAPH_MODE if config.context_mode == "graph" else ms.PYNATIVE_MODE)
     target = str(config.device_target)
     if target == "CPU":
         ms.set_device("CPU")
     else:
-        if config.run_distribute:  # the launcher's DEVICE_ID / local rank
+        if distributed:  # the launcher's DEVICE_ID / local rank
             from src.model_utils.device_adapter import get_device_id
             device_id = get_device_id()
         else:
@@ -70,7 +97,7 @@ def init_env(config):
         ms.set_device(target, device_id)
     ms.set_seed(int(config.seed))
     rank_id, rank_size = 0, 1
-    if config.run_distribute:
+    if distributed:
         from mindspore.communication import get_group_size, get_rank, init
         init()
         rank_id, rank_size = get_rank(), get_group_size()

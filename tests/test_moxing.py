@@ -16,8 +16,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fake_moxing"
 
-LAUNCH_VARS = ("DEVICE_ID", "RANK_ID", "RANK_SIZE", "MS_WORKER_NUM", "MS_NODE_ID", "OMPI_COMM_WORLD_RANK",
-               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "JOB_ID", "MA_JOB_ID")
+LAUNCH_VARS = ("DEVICE_ID", "RANK_ID", "RANK_SIZE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_ROLE", "MS_SCHED_HOST",
+               "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "JOB_ID",
+               "MA_JOB_ID", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
 
 
 @pytest.fixture
@@ -92,6 +93,22 @@ def test_device_adapter_single_device_on_device_5_is_first(clean_env):
     from src.model_utils import device_adapter as da
     clean_env.setenv("DEVICE_ID", "5")
     assert da.get_local_rank_id() == 0  # a standalone job on device 5 still copies its own data
+
+
+@pytest.mark.parametrize("env, launcher", [
+    ({}, None),
+    ({"RANK_ID": "0", "RANK_SIZE": "1", "DEVICE_ID": "0"}, None),                     # the standalone scripts
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "1"}, None),                         # a one-device rank table
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "8", "RANK_ID": "3"}, "rank table"),  # the Ascend script, ModelArts
+    ({"MINDSPORE_HCCL_CONFIG_PATH": "/t.json", "RANK_SIZE": "8"}, "rank table"),
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "1", "MS_SCHED_HOST": "127.0.0.1"}, "msrun"),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"}, "mpirun"),
+])
+def test_device_adapter_names_the_launcher(clean_env, env, launcher):
+    from src.model_utils import device_adapter as da
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    assert da.get_launcher() == launcher
 
 
 def test_device_adapter_bad_value(clean_env):
