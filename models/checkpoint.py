@@ -3,7 +3,8 @@
 A checkpoint written by train.py holds, besides the network's parameters,
 * training state whose names start with one of ``TRAINING_STATE_PREFIXES`` (optimizer moments and step,
   the learning-rate table, loss scale, EMA copies ``ema.<name>``, counters of the train step);
-* metadata entries ``META_KEYS`` (epoch, step, best accuracy, class names as JSON, backbone name).
+* metadata entries ``META_KEYS`` (epoch, step, best accuracy, class names as JSON, backbone name, and the
+  evaluation settings of that accuracy as JSON: ``eval_config``, see ``src/checkpoint_settings.py``).
 
 ``read_checkpoint(path)`` splits a file into those three parts; ``load_weights(net, path)`` loads the
 network part strictly (every parameter must be filled, nothing unexpected, shapes equal) and raises
@@ -17,7 +18,9 @@ __all__ = ["CheckpointMismatchError", "META_KEYS", "TRAINING_STATE_PREFIXES", "E
            "norm_layer_torch_names"]
 
 #: metadata entries of our checkpoints (not parameters of any cell)
-META_KEYS = ("epoch_num", "step_num", "best_acc", "class_names", "backbone")
+META_KEYS = ("epoch_num", "step_num", "best_acc", "class_names", "backbone", "eval_config")
+#: metadata entries stored as JSON text
+_JSON_META = ("class_names", "eval_config")
 EMA_PREFIX = "ema."
 #: names of training state (optimizer, schedule, loss scale, EMA, train-step counters), never network weights
 TRAINING_STATE_PREFIXES = ("adam_m.", "adam_v.", "moments.", "moment1.", "moment2.", "accum.", EMA_PREFIX,
@@ -39,7 +42,7 @@ class CheckpointContents:
 
 def _meta_value(key, value):
     if isinstance(value, str):
-        return json.loads(value) if key == "class_names" else value
+        return json.loads(value) if key in _JSON_META else value
     return value.asnumpy().item()
 
 

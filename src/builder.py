@@ -8,7 +8,8 @@ What ``purpose`` adds to ``models.create_model(config.backbone, num_classes=conf
 =========  ======================================================================================
 train      ``drop_path_rate``; ``pretrained`` weights (strict); mixed precision ``amp_level``;
            training mode
-eval       the checkpoint (strict; the EMA weights when ``model_ema``); the one-time inference pass
+eval       the checkpoint (strict; the EMA weights when ``model_ema``; ``checkpoint_file_path``, else
+           ``pretrained`` as the original port's eval configs name it); the one-time inference pass
            ``models.fuse_for_inference``; mixed precision; evaluation mode
 infer      as eval
 export     the checkpoint; the inference pass; float32 (the exporter writes what it is given)
@@ -19,6 +20,7 @@ export     the checkpoint; the inference pass; float32 (the exporter writes what
 import mindspore as ms
 
 from models import create_model, fuse_for_inference, load_weights, model_family
+from src.checkpoint_settings import inference_checkpoint
 
 __all__ = ["PURPOSES", "model_options", "apply_amp", "build_network"]
 
@@ -61,7 +63,7 @@ def _create(config, **extra):
 def build_network(config, purpose="train", checkpoint=None, random_weights=False):
     """Build ``config.backbone`` for ``purpose`` (see the module docstring); returns ``(net, meta)``.
 
-    ``checkpoint``: the weights for eval / infer / export (default ``config.checkpoint_file_path``);
+    ``checkpoint``: the weights for eval / infer / export (default ``inference_checkpoint(config)``);
     ``random_weights``: build those purposes without weights (the benchmarks).
     Raises ValueError (bad options), FileNotFoundError / CheckpointMismatchError (bad checkpoint).
     """
@@ -76,9 +78,10 @@ def build_network(config, purpose="train", checkpoint=None, random_weights=False
         net = apply_amp(net, config.amp_level)
         net.set_train(True)
         return net, meta
-    path = str(checkpoint or config.checkpoint_file_path or "")
+    path = str(checkpoint or inference_checkpoint(config))
     if not path and not random_weights:
-        raise ValueError("Set --checkpoint_file_path (or --ckpt_file) to the checkpoint to use.")
+        raise ValueError("Set --checkpoint_file_path (or --ckpt_file, or the original port's --pretrained) to the "
+                         "checkpoint to use.")
     net = _create(config)
     if path:
         meta = load_weights(net, path, use_ema=bool(config.model_ema), model_name=name)

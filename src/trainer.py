@@ -29,14 +29,15 @@ from models.checkpoint import EMA_PREFIX, mismatch_report, read_checkpoint
 from src.builder import build_network
 from src.callback import (PARTIAL_MARK, BatchNormSync, CheckpointManager, CheckpointSaver, CheckpointSaveError,
                           EpochSummary, EvalCallback, ProfilerCallback, TrainingDiverged, TrainMonitor,
-                          checkpoint_is_readable, find_latest_checkpoint, meta_entries)
+                          checkpoint_is_readable, ema_pairs, find_latest_checkpoint, meta_entries)
+from src.checkpoint_settings import eval_settings
 from src.eval_engine import EvalEngine
 from src.logging import get_logger
 from src.lr_generator import lr_from_config
 from src.train_step import build_train_step
 
-__all__ = ["TrainingDiverged", "CheckpointSaveError", "TrainingInterrupted", "init_env", "build_train_step",
-           "checkpoint_dir", "check_output_folder", "load_train_state", "run_training"]
+__all__ = ["TrainingDiverged", "CheckpointSaveError", "TrainingInterrupted", "resolve_distributed", "init_env",
+           "build_train_step", "checkpoint_dir", "check_output_folder", "load_train_state", "run_training"]
 
 #: non-finite gradient steps in a row that count as divergence, by loss scaling
 _MAX_BAD_STEPS = {"O0": 1, "fixed": 5, "dynamic": 40}
@@ -364,8 +365,10 @@ def run_training(config, callbacks=None):
         ours.append(EvalCallback(engine, net, train_step, max_epoch, config.eval_interval, config.eval_offset))
     summary = EpochSummary(logger, lrs, int(config.batch_size) * rank_size, best_acc)
     ours.append(summary)
+    evaluation = eval_settings(config, evaluated_ema=bool(ema_pairs(train_step, net)))
     ours.append(CheckpointSaver(manager, train_step, max_epoch, config.save_checkpoint_epochs,
-                                lambda epoch, step, best: meta_entries(epoch, step, best, class_names, prefix),
+                                lambda epoch, step, best: meta_entries(epoch, step, best, class_names, prefix,
+                                                                       evaluation),
                                 best_acc, evaluates=eval_ds is not None))
     if config.open_profiler:
         ours.append(ProfilerCallback(os.path.join(output_path, f"profiler_{rank_id}")))
