@@ -6,8 +6,8 @@ What ``purpose`` adds to ``models.create_model(config.backbone, num_classes=conf
 **model_options(config))``:
 
 =========  ======================================================================================
-train      ``drop_path_rate``; ``pretrained`` weights (strict); mixed precision ``amp_level``;
-           training mode
+train      ``drop_path_rate``; ``pretrained`` weights (``models.load_pretrained``: a classifier of another
+           size is re-initialised, one line to ``log``); mixed precision ``amp_level``; training mode
 eval       the checkpoint (strict; the EMA weights when ``model_ema``; ``checkpoint_file_path``, else
            ``pretrained`` as the original port's eval configs name it); the one-time inference pass
            ``models.fuse_for_inference``; mixed precision; evaluation mode
@@ -19,7 +19,7 @@ export     the checkpoint; the inference pass; float32 (the exporter writes what
 """
 import mindspore as ms
 
-from models import create_model, fuse_for_inference, load_weights, model_family
+from models import create_model, fuse_for_inference, load_pretrained, load_weights, model_family
 from src.checkpoint_settings import inference_checkpoint
 
 __all__ = ["PURPOSES", "model_options", "apply_amp", "build_network"]
@@ -60,11 +60,12 @@ def _create(config, **extra):
         raise ValueError(f"model_args {options} do not fit {name} ({family}): {err}") from None
 
 
-def build_network(config, purpose="train", checkpoint=None, random_weights=False):
+def build_network(config, purpose="train", checkpoint=None, random_weights=False, log=print):
     """Build ``config.backbone`` for ``purpose`` (see the module docstring); returns ``(net, meta)``.
 
     ``checkpoint``: the weights for eval / infer / export (default ``inference_checkpoint(config)``);
-    ``random_weights``: build those purposes without weights (the benchmarks).
+    ``random_weights``: build those purposes without weights (the benchmarks); ``log``: where the line about
+    a re-initialised classifier goes.
     Raises ValueError (bad options), FileNotFoundError / CheckpointMismatchError (bad checkpoint).
     """
     if purpose not in PURPOSES:
@@ -74,7 +75,7 @@ def build_network(config, purpose="train", checkpoint=None, random_weights=False
     if purpose == "train":
         net = _create(config, **({"drop_path_rate": float(config.drop_path_rate)} if config.drop_path_rate else {}))
         if config.pretrained:
-            meta = load_weights(net, str(config.pretrained), model_name=name)
+            meta = load_pretrained(net, str(config.pretrained), model_name=name, log=log)
         net = apply_amp(net, config.amp_level)
         net.set_train(True)
         return net, meta

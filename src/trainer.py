@@ -321,7 +321,7 @@ def run_training(config, callbacks=None):
     steps_per_epoch = train_ds.get_dataset_size()
     eval_ds = create_dataset(config, False, rank_id, rank_size)[0] if config.eval_interval > 0 else None
 
-    net, _ = build_network(config, "train")
+    net, _ = build_network(config, "train", log=logger.warning)
     lrs = lr_from_config(config, steps_per_epoch)
     train_step = build_train_step(config, net, learning_rate=lrs, rank_size=rank_size)
     prefix = str(config.backbone)
