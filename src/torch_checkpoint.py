@@ -1,6 +1,7 @@
 """Import PyTorch checkpoints of the original SOFT / SwiftFormer code into MindSpore.
 
-The mapping is explicit: each model family module provides ``torch_param_names(net)`` giving, for
+PyTorch files are read without PyTorch (``src/torch_pth.py``). The mapping is explicit: each model family
+module provides ``torch_param_names(net)`` giving, for
 every one of our parameters, the PyTorch state-dict name it is filled from. Every source entry is
 either used or reported, every target parameter is either filled or reported, and shapes must match.
 """
@@ -19,10 +20,12 @@ _NESTED_KEYS = ("state_dict", "model", "model_ema")
 
 
 def load_torch_state_dict(path):
-    """Read ``path`` (``.pth``/``.pt``/``.tar`` through torch, or ``.npz``) into ``{torch_name: ndarray}``.
+    """Read ``path`` (``.pth`` / ``.pt`` / ``.pth.tar``, or ``.npz``) into ``{torch_name: ndarray}``.
 
-    Checkpoints that nest the weights under ``state_dict``, ``model`` or ``model_ema`` are unwrapped,
-    and a ``module.`` prefix left by DistributedDataParallel is removed.
+    ``.pth`` files are read without PyTorch (``src.torch_pth``: torch's zip and legacy formats; nothing the
+    file names is executed). Checkpoints that nest the weights under ``state_dict``, ``model`` or
+    ``model_ema`` are unwrapped, and a ``module.`` prefix left by DistributedDataParallel is removed; entries
+    that are not tensors (epoch, training arguments) are left out.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Source checkpoint not found: {path}")
@@ -30,23 +33,21 @@ def load_torch_state_dict(path):
         with np.load(path) as data:
             state = {k: data[k] for k in data.files}
     else:
-        try:
-            import torch
-        except ImportError as err:
-            raise RuntimeError(f"Reading {path} needs PyTorch (pip install torch); "
-                               "or save the state dict as .npz of arrays by PyTorch name.") from err
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        from src.torch_pth import read_pth
+        state, _ = read_pth(path)
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds no state dict (a mapping of names to tensors)")
     arrays = {}
     for name, value in state.items():
-        if hasattr(value, "detach"):
-            value = value.detach().cpu().numpy()
         if not isinstance(value, np.ndarray):
             continue
         arrays[name[len("module."):] if name.startswith("module.") else name] = value
+    if not arrays:
+        raise ValueError(f"{path} holds no tensors: nothing to convert")
     return arrays
 
 

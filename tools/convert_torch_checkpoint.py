@@ -2,7 +2,8 @@
 
     python tools/convert_torch_checkpoint.py --arch soft_tiny --src SOFT_Tiny.pth --dst soft_tiny.ckpt
 
-``--src`` may be a ``.pth`` (needs torch) or an ``.npz`` of arrays by PyTorch name.
+``--src`` may be a ``.pth`` / ``.pt`` / ``.pth.tar`` written by torch.save (read without PyTorch; nothing the file
+names is executed) or an ``.npz`` of arrays by PyTorch name.
 """
 import argparse
 import os
@@ -17,7 +18,7 @@ from src.torch_checkpoint import convert_file  # noqa: E402
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", required=True, help=f"model name, one of: {', '.join(list_models())}")
-    parser.add_argument("--src", required=True, help="PyTorch checkpoint (.pth/.pt/.tar or .npz)")
+    parser.add_argument("--src", required=True, help="PyTorch checkpoint (.pth/.pt/.pth.tar or .npz)")
     parser.add_argument("--dst", required=True, help="MindSpore checkpoint to write (.ckpt)")
     parser.add_argument("--num-classes", type=int, default=None,
                         help="head size (default: taken from the checkpoint's head)")
