@@ -6,7 +6,9 @@ A family module may also define the two hooks the PyTorch checkpoint converter u
 * ``torch_param_names(net) -> dict``: our parameter name -> PyTorch state-dict name;
 * ``variant_overrides_from_torch(state, name) -> dict``: constructor overrides (e.g. depths,
   ``num_classes``) inferred from the PyTorch state dict ``{torch_name: ndarray}`` when the checkpoint
-  differs from the registered variant.
+  differs from the registered variant;
+* optionally ``port_param_names(net)`` and ``PORT_UNUSED``: the names in checkpoints of the original
+  MindSpore port (SOFT only).
 """
 import difflib
 import fnmatch
