@@ -6,6 +6,7 @@ No MindSpore is imported here.
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -295,3 +296,32 @@ def test_export_as_a_modelarts_job(fake_moxing):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp / "obs" / "bucket" / "out" / "sf.mindir").is_file()
     assert (tmp / "cache" / "ckpt" / "sf.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ archives
+def test_unsafe_archive_members_are_refused(tmp_path):
+    from src.model_utils.moxing_adapter import MoxingError, extract_archives
+
+    (tmp_path / "train").mkdir()
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    with tarfile.open(tmp_path / "train" / "evil.tar", "w") as archive:
+        archive.add(payload, arcname="../escaped.txt")
+    with pytest.raises(MoxingError, match=r"refusing to unpack .*evil\.tar: its member '\.\./escaped\.txt'"):
+        extract_archives(str(tmp_path))
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_per_class_archives_unpack_into_their_own_folders(tmp_path):
+    """ImageNet's training archive holds one tar of images per class (n01440764.tar, ...)."""
+    from src.model_utils.moxing_adapter import extract_archives
+
+    (tmp_path / "train").mkdir()
+    for cls in ("n01", "n02"):
+        image = tmp_path / f"{cls}_0.JPEG"
+        image.write_bytes(b"jpeg")
+        with tarfile.open(tmp_path / "train" / f"{cls}.tar", "w") as archive:
+            archive.add(image, arcname=image.name)
+    assert len(extract_archives(str(tmp_path))) == 2
+    assert sorted(os.listdir(tmp_path / "train")) == ["n01", "n02"]
+    assert os.listdir(tmp_path / "train" / "n01") == ["n01_0.JPEG"]
