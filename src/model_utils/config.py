@@ -118,7 +118,9 @@ _GROUPS = [
     ("Training data", [
         Key("dataset_path", "path", "",
             "dataset root holding train/<class>/* and val/<class>/* (ImageFolder); the original port's "
-            "style, dataset_path pointing at the training folder itself, is also accepted"),
+            "style, dataset_path pointing at the training folder itself, is also accepted. Path keys expand "
+            "environment variables: the shipped configs say $DATA_PATH/imagenet (export DATA_PATH; unset, it is "
+            "an error naming it)"),
         Key("train_image_size", "int", 224, "training crop size in pixels (a multiple of 32)",
             check=_multiple_of_32),
         Key("interpolation", "str", "bilinear",
@@ -169,7 +171,9 @@ _GROUPS = [
             check=_positive),
         Key("pretrained", "path", "",
             "MindSpore checkpoint to initialise the network from before training (empty: random "
-            "initialisation)"),
+            "initialisation); a classifier of another size is re-initialised (fine-tuning). eval.py, export.py "
+            "and infer.py take it as their checkpoint when checkpoint_file_path is empty (the original port's "
+            "eval and export configs)"),
         Key("drop_path_rate", "float", 0.0, "stochastic depth rate, ramped linearly over the blocks",
             check=_probability),
         Key("model_args", "dict", {},
@@ -255,8 +259,12 @@ _GROUPS = [
             "in data-parallel training every rank saves its own checkpoints into <checkpoint folder>/rank<R> "
             "(to compare the replicas); otherwise rank 0 alone saves"),
         Key("checkpoint_file_path", "path", "",
-            "checkpoint to evaluate (eval.py) or export (export.py)"),
-        Key("model_ema", "bool", False, "keep an exponential moving average of the weights"),
+            "checkpoint to evaluate (eval.py), export (export.py) or predict with (infer.py); empty: pretrained. "
+            "A training checkpoint brings the weights (EMA or not) and the evaluation preprocessing its accuracy "
+            "was measured with; those keys given on the command line win"),
+        Key("model_ema", "bool", False,
+            "keep an exponential moving average of the weights (training; evaluated and kept as best.ckpt by its "
+            "accuracy); eval / export / infer: use a checkpoint's EMA weights (default: as the checkpoint records)"),
         Key("model_ema_decay", "float", 0.99996, "decay of the weight moving average", check=_probability),
     ]),
     ("Runtime", [
