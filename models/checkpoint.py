@@ -16,8 +16,8 @@ import json
 import os
 
 __all__ = ["CheckpointMismatchError", "META_KEYS", "TRAINING_STATE_PREFIXES", "EMA_PREFIX", "CLASSIFIER_PREFIXES",
-           "CheckpointContents", "read_checkpoint", "read_checkpoint_meta", "mismatch_report", "load_weights",
-           "load_pretrained", "load_checkpoint_strict", "norm_layer_torch_names"]
+           "CheckpointContents", "load_checkpoint_entries", "read_checkpoint", "read_checkpoint_meta",
+           "mismatch_report", "load_weights", "load_pretrained", "load_checkpoint_strict", "norm_layer_torch_names"]
 
 #: metadata entries of our checkpoints (not parameters of any cell)
 META_KEYS = ("epoch_num", "step_num", "best_acc", "class_names", "backbone", "eval_config")
@@ -50,18 +50,24 @@ def _meta_value(key, value):
     return value.asnumpy().item()
 
 
-def read_checkpoint(path):
-    """Load ``path`` and split it (see ``CheckpointContents``); FileNotFoundError / ValueError for a missing
-    or unreadable file."""
+def load_checkpoint_entries(path):
+    """Every entry of the MindSpore checkpoint ``path`` ({name: Parameter or str}); FileNotFoundError /
+    ValueError (one sentence) for a missing or unreadable file."""
     import mindspore as ms
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Checkpoint file not found: {path}")
     try:
-        entries = ms.load_checkpoint(path)
+        return ms.load_checkpoint(path)
     except (RuntimeError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+
+
+def read_checkpoint(path):
+    """Load ``path`` and split it (see ``CheckpointContents``); FileNotFoundError / ValueError for a missing
+    or unreadable file."""
+    entries = load_checkpoint_entries(path)
     weights, ema, state, meta = {}, {}, {}, {}
     for name, value in entries.items():
         if name in META_KEYS:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from models import create_model, model_family
-from models.checkpoint import META_KEYS, TRAINING_STATE_PREFIXES, CheckpointMismatchError
+from models.checkpoint import META_KEYS, TRAINING_STATE_PREFIXES, CheckpointMismatchError, load_checkpoint_entries
 
 __all__ = ["SOURCE_LAYOUTS", "source_layout", "load_torch_state_dict", "load_port_checkpoint", "ConversionReport",
            "convert_state_dict", "convert_file"]
@@ -69,15 +69,7 @@ def load_torch_state_dict(path):
 
 def load_port_checkpoint(path):
     """Read a MindSpore checkpoint of the original port into ``{name: ndarray}`` (everything it holds)."""
-    import mindspore as ms
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Source checkpoint not found: {path}")
-    try:
-        entries = ms.load_checkpoint(path)
-    except (RuntimeError, ValueError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"cannot read checkpoint {path}: {first}") from None
+    entries = load_checkpoint_entries(path)
     return {name: value.asnumpy() for name, value in entries.items() if hasattr(value, "asnumpy")}
 
 

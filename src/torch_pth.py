@@ -1,7 +1,7 @@
 """Read PyTorch checkpoint files (``.pth`` / ``.pt`` / ``.pth.tar``) without PyTorch, executing nothing they name.
 
     >>> from src.torch_pth import read_pth
-    >>> checkpoint = read_pth("SwiftFormer_XS.pth")      # {'model': OrderedDict(name -> numpy array), 'epoch': 299, ...}
+    >>> checkpoint, skipped = read_pth("SwiftFormer_XS.pth")   # ({"model": OrderedDict(name -> ndarray), ...}, [...])
 
 ``torch.save`` writes one of two formats, both read here:
 
