@@ -196,6 +196,16 @@ def test_relative_paths_are_taken_inside_the_local_copies(fake_moxing, clean_env
     assert config.output_path == str(tmp / "cache" / "train")  # the default for an empty output_path
 
 
+def test_a_data_path_variable_left_unset_means_the_copied_data(fake_moxing, clean_env):
+    """A per-model config on ModelArts: its $DATA_PATH/imagenet is not set there; data_url's copy is the data."""
+    from src.model_utils import moxing_adapter as ma
+
+    clean_env.delenv("DATA_PATH", raising=False)
+    config = _config(fake_moxing, dataset_path="$DATA_PATH/imagenet")
+    ma.localise_config_paths(config, data_local=config.data_path)
+    assert config.dataset_path == config.data_path and config.eval_path == os.path.join(config.data_path, "val")
+
+
 def test_outputs_copied_back_on_failure_and_error_reraised(fake_moxing):
     from src.model_utils.moxing_adapter import moxing_wrapper
     tmp = fake_moxing

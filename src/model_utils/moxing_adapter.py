@@ -15,7 +15,8 @@ With ``config.enable_modelarts`` false the wrapper calls the function unchanged 
    ``.tgz``), is unpacked there by the copying process before the others go on (``extract_archives``).
 2. Config paths are pointed at the local copies (see ``localise_config_paths``): an empty
    ``dataset_path`` becomes ``data_path`` (a relative one is taken inside it, as is a relative
-   ``eval_path``); an empty ``checkpoint_file_path`` becomes the fetched checkpoint file, a relative
+   ``eval_path``; one naming an environment variable that is not set, as the per-model configs'
+   ``$DATA_PATH/imagenet``, is replaced by ``data_path`` with a line saying so); an empty ``checkpoint_file_path`` becomes the fetched checkpoint file, a relative
    one (and a relative ``pretrained``) is taken inside ``load_path``; an empty ``output_path`` becomes
    ``/cache/train``. ``device_id`` / ``device_num`` come from the environment.
 3. ``pre_process()`` (if given), the function, ``post_process()`` (if given).
@@ -34,6 +35,7 @@ import time
 import traceback
 
 from . import device_adapter
+from .config import unset_variables
 
 __all__ = ["run_job", "moxing_wrapper", "import_moxing", "sync_data", "extract_archives", "localise_config_paths",
            "MoxingError", "DEFAULT_OUTPUT_PATH"]
@@ -193,8 +195,12 @@ def _inside(folder, path):
 def localise_config_paths(config, data_local=None, checkpoint_local=None):
     """Point the config's paths at the local copies (see the module docstring); returns ``config``."""
     if data_local is not None:
-        config.dataset_path = _inside(config.data_path, config.dataset_path) if config.dataset_path \
-            else config.data_path
+        dataset_path = config.raw("dataset_path")
+        if dataset_path and unset_variables(dataset_path) and not os.path.exists(dataset_path):
+            _log(f"dataset_path {dataset_path} names an unset environment variable: using data_path "
+                 f"{config.data_path}, where data_url was copied")
+            dataset_path = ""
+        config.dataset_path = _inside(config.data_path, dataset_path) if dataset_path else config.data_path
         if config.get("eval_path") and not os.path.isabs(config.eval_path) and "eval_path" in config.explicit_keys:
             config.eval_path = _inside(config.data_path, config.eval_path)
     if checkpoint_local is not None:
