@@ -22,6 +22,8 @@ import mindspore as ms
 from helpers import REPO, SHALLOW
 from models import CheckpointMismatchError, create_model, load_pretrained
 
+pytestmark = pytest.mark.unit
+
 CONFIG = "config/SOFT_tiny_demo_cpu.yml"
 COMMON = ["--model_args", "depths=[1,1,1,1]", "--train_num_workers", "1", "--eval_num_workers", "1",
           "--eval_batch_size", "128", "--warmup_epochs", "0", "--lr_max", "1e-3", "--keep_checkpoint_max", "1"]
@@ -80,6 +82,7 @@ def test_soft_checkpoint_fine_tunes_at_another_input_size(digits_root, first_fiv
     assert tuned > 0.2  # chance is 0.1
 
 
+@pytest.mark.cli
 def test_wrong_backbone_is_one_sentence_naming_both(digits_root, tmp_path):
     net = create_model("soft_tiny", num_classes=5, depths=SHALLOW)
     path = tmp_path / "tiny.ckpt"
