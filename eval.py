@@ -4,6 +4,10 @@
         --checkpoint_file_path output/demo/best.ckpt
 
 Prints ``accuracy=0.784420, per step time: ...s, total cost time: ...s`` and the top-5 accuracy.
+A checkpoint written by train.py is evaluated as its training evaluated it: with the EMA weights when those
+gave its accuracy, and with its evaluation preprocessing (``src/checkpoint_settings.py``; a key given on the
+command line wins, with one line saying so). The checkpoint is ``checkpoint_file_path`` (``ckpt_file``), else
+``pretrained`` (the original port's SOFT_eval.yml).
 Padding samples of multi-rank evaluation (label -1) are not counted. A checkpoint that does not fit
 the model is reported in one sentence (naming both backbones when it holds another one).
 """
@@ -12,6 +16,7 @@ import sys
 
 def run_eval(config):
     from src.builder import build_network
+    from src.checkpoint_settings import apply_checkpoint_settings
     from src.dataset import create_dataset
     from src.eval_engine import EvalEngine
     from src.logging import library_console
@@ -20,6 +25,7 @@ def run_eval(config):
 
     library_console()  # the input pipeline's notices (skipped / ignored files, image cache progress)
     rank_id, rank_size = init_env(config)
+    apply_checkpoint_settings(config, log=print if rank_id == 0 else (lambda _line: None))
     dataset, class_names = create_dataset(config, False, rank_id, rank_size)
     net, meta = build_network(config, "eval")
     saved_names = meta.get("class_names")

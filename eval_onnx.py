@@ -5,7 +5,9 @@
         --onnx_path soft_tiny.onnx [--device_target CPU|GPU]
 
 The images come from eval.py's pipeline (``src.dataset.create_dataset(config, training=False)``: the
-config's eval_path, eval_image_size, crop_pct, interpolation, normalisation and eval_batch_size), and
+config's eval_path, eval_image_size, crop_pct, interpolation, normalisation and eval_batch_size; the
+preprocessing export.py recorded in ``<file>.eval_config.json`` replaces the config file's, a key given on
+the command line wins), and
 are counted by eval.py's metric (``src.metric.TopKAccuracy``) and printed by its ``src.metric.print_eval_result``,
 so the two print the same lines:
 
@@ -115,6 +117,9 @@ def run_eval_onnx(config):
         raise ValueError("Set --onnx_path to the ONNX file to evaluate (export.py --file_format ONNX writes one).")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"ONNX file not found: {path}")
+    from src.checkpoint_settings import apply_sidecar_settings
+
+    apply_sidecar_settings(config, path)
     classifier = OnnxClassifier(path, config.device_target, config.device_id)
     size = int(config.eval_image_size)
     if tuple(classifier.image_size) != (size, size) and all(isinstance(s, int) for s in classifier.image_size):

@@ -7,8 +7,10 @@
 The keys are the model zoo's (and the original port's); the longer names used elsewhere in this
 repository are accepted too (any config key can be overridden with ``--key value``):
 
-* ``ckpt_file`` (= ``checkpoint_file_path``): the checkpoint; it must fit the model (optimizer state
-  and training metadata are skipped; with ``model_ema`` the EMA weights are exported);
+* ``ckpt_file`` (= ``checkpoint_file_path``; else ``pretrained``, the original port's SOFT_export.yml): the
+  checkpoint; it must fit the model (optimizer state and training metadata are skipped). A checkpoint of
+  train.py exports the weights its accuracy came from (EMA or not) at the evaluation size it was measured at
+  (``src/checkpoint_settings.py``; ``--model_ema`` / ``--eval_image_size`` on the command line win);
 * ``file_name``: the output name without extension (default: the backbone name); a relative name is
   put in ``output_path`` when that is set, else in the current folder;
 * ``file_format`` (= ``export_format``): MINDIR (default), ONNX, or AIR (Ascend only);
@@ -24,7 +26,8 @@ repository are accepted too (any config key can be overridden with ``--key value
 The input is float32 [batch, 3, eval_image_size, eval_image_size], normalised like the evaluation
 pipeline (ImageNet mean / std); the output is the logits [batch, class_num] (SwiftFormer: the mean of
 its two heads). The class names (``<checkpoint>.classes.json``, else the names stored in a training
-checkpoint) are written next to the exported file as ``<file>.classes.json`` for infer.py.
+checkpoint) are written next to the exported file as ``<file>.classes.json``, and the evaluation
+preprocessing (size, crop_pct, interpolation) as ``<file>.eval_config.json``, for infer.py / eval_onnx.py.
 
 Exit status 0 on success, 1 with one ``ERROR:`` line for a mistake (config, checkpoint, format).
 """
@@ -127,12 +130,17 @@ def _copy_class_names(config, ckpt, meta, exported):
 
 def run_export(config):
     """Export ``config.ckpt_file`` as ``config.file_format``; returns the written path."""
-    fmt, batch, size = check_request(config)
-    ckpt = str(config.checkpoint_file_path or "")
+    from src.checkpoint_settings import apply_checkpoint_settings, inference_checkpoint, write_eval_config
+
+    check_request(config)  # a wrong request costs nothing
+    ckpt = inference_checkpoint(config)
     if not ckpt:
-        raise ExportError("Set --ckpt_file (or --checkpoint_file_path) to the checkpoint to export.")
+        raise ExportError("Set --ckpt_file (or --checkpoint_file_path, or the original port's --pretrained) to the "
+                          "checkpoint to export.")
     if not os.path.isfile(ckpt):
         raise FileNotFoundError(f"Checkpoint file not found: {ckpt}")
+    apply_checkpoint_settings(config)
+    fmt, batch, size = check_request(config)
 
     import mindspore as ms
 
@@ -153,6 +161,7 @@ def run_export(config):
     sidecar = _copy_class_names(config, ckpt, meta, path)
     if sidecar:
         print(f"class names: {sidecar}", flush=True)
+    print(f"evaluation preprocessing: {write_eval_config(path, config)}", flush=True)
     return path
 
 

@@ -11,7 +11,10 @@ value; give images after the keys or use ``--key=value``).
 Preprocessing is the evaluation pipeline's (src/dataset.py): decode to RGB (grayscale, CMYK, 16-bit,
 palette images included), resize the short side to int(eval_image_size / crop_pct) with the
 evaluation interpolation, centre-crop eval_image_size, normalise with the ImageNet mean / std. With a
-MINDIR the input size is read from the file.
+MINDIR the input size is read from the file. A checkpoint of train.py brings the weights (EMA or not) and
+the preprocessing its accuracy was measured with, a MINDIR the preprocessing export.py recorded next to it
+(``<file>.eval_config.json``); a key given on the command line wins (src/checkpoint_settings.py; the lines
+saying which settings are used go to stderr).
 
 Class names, first found: ``<model file>.classes.json`` (a JSON list, written by export.py next to an
 exported file), the names stored in a training checkpoint, the class folders of
@@ -120,6 +123,11 @@ def mindir_input_shape(path):
         return None
 
 
+def _note(line):
+    """Lines about the settings in use go to stderr: stdout holds only the predictions."""
+    print(line, file=sys.stderr, flush=True)
+
+
 class Predictor:
     """Logits for batches of preprocessed images, from a checkpoint or a MINDIR."""
 
@@ -133,6 +141,8 @@ class Predictor:
             if not os.path.isfile(mindir):
                 raise FileNotFoundError(f"MINDIR file not found: {mindir}")
             from mindspore import nn
+            from src.checkpoint_settings import apply_sidecar_settings
+            apply_sidecar_settings(config, mindir, log=_note)
             self.model_path = mindir
             dims = mindir_input_shape(mindir)
             self.image_size = int(dims[2]) if dims and dims[2] > 0 else int(config.eval_image_size)
@@ -143,9 +153,13 @@ class Predictor:
                 raise ValueError(f"cannot load MINDIR {mindir}: {str(err).strip().splitlines()[0]}") from None
         else:
             from src.builder import build_network
-            path = checkpoint or str(config.checkpoint_file_path or "")
+            from src.checkpoint_settings import apply_checkpoint_settings, inference_checkpoint
+            if checkpoint:
+                config.checkpoint_file_path = checkpoint
+            path = inference_checkpoint(config)
             if not path:
                 raise UsageError("give --checkpoint FILE or --mindir FILE (or set checkpoint_file_path)")
+            apply_checkpoint_settings(config, log=_note)
             self.model_path = path
             self.net, self.meta = build_network(config, "infer", checkpoint=path)
             self.image_size = int(config.eval_image_size)

@@ -9,7 +9,7 @@ import os
 # this must be set before the first convolution runs.
 os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX2")
 
-from .checkpoint import CheckpointMismatchError, load_checkpoint_strict, load_weights  # noqa: E402
+from .checkpoint import CheckpointMismatchError, load_checkpoint_strict, load_pretrained, load_weights  # noqa: E402
 from .cpu_switch import cpu_layer_enabled, is_accelerated  # noqa: E402
 from .fuse import fuse_for_inference, inference_rewrites, is_fused  # noqa: E402
 from .registry import create_model, list_models, model_family, register_model  # noqa: E402
@@ -17,5 +17,5 @@ from . import softmax_free_vision_transformer  # noqa: E402,F401  (registers the
 from . import swiftformer  # noqa: E402,F401
 
 __all__ = ["create_model", "list_models", "register_model", "model_family", "load_checkpoint_strict",
-           "load_weights", "CheckpointMismatchError", "fuse_for_inference", "inference_rewrites", "is_fused",
-           "cpu_layer_enabled", "is_accelerated"]
+           "load_weights", "load_pretrained", "CheckpointMismatchError", "fuse_for_inference", "inference_rewrites",
+           "is_fused", "cpu_layer_enabled", "is_accelerated"]

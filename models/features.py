@@ -10,10 +10,12 @@ classification checkpoint loads into it with its head entries dropped (``head.*`
 """
 from mindspore import nn
 
+from .checkpoint import CLASSIFIER_PREFIXES
+
 __all__ = ["FeatureNet", "HEAD_PREFIXES", "STAGE_REDUCTIONS", "check_out_indices"]
 
 #: checkpoint entries of classification heads, dropped when a feature extractor loads a classifier's weights
-HEAD_PREFIXES = ("head.", "dist_head.")
+HEAD_PREFIXES = CLASSIFIER_PREFIXES
 #: input size / stage map size of the four stages
 STAGE_REDUCTIONS = (4, 8, 16, 32)
 

@@ -6,7 +6,9 @@ A family module may also define the two hooks the PyTorch checkpoint converter u
 * ``torch_param_names(net) -> dict``: our parameter name -> PyTorch state-dict name;
 * ``variant_overrides_from_torch(state, name) -> dict``: constructor overrides (e.g. depths,
   ``num_classes``) inferred from the PyTorch state dict ``{torch_name: ndarray}`` when the checkpoint
-  differs from the registered variant.
+  differs from the registered variant;
+* optionally ``port_param_names(net)`` and ``PORT_UNUSED``: the names in checkpoints of the original
+  MindSpore port (SOFT only).
 """
 import difflib
 import fnmatch
@@ -60,7 +62,9 @@ def create_model(name, num_classes=1000, pretrained=None, features_only=False, o
     Args:
         name: a name from ``list_models()``.
         num_classes: size of the classification head (0: no head, the model returns its pooled feature).
-        pretrained: optional path of a MindSpore ``.ckpt`` to load; every parameter must fit.
+        pretrained: optional path of a MindSpore ``.ckpt`` to start from (``models.checkpoint.load_pretrained``):
+            a classifier of another size keeps its fresh initialisation (a warning names it, as in timm);
+            every other parameter must fit.
         features_only: return a ``models.features.FeatureNet`` giving the stage maps ``out_indices``
             ([B, C_i, H/4/2^i, W/4/2^i]) instead of logits; a classification checkpoint loads into it with
             its head dropped.
@@ -73,21 +77,21 @@ def create_model(name, num_classes=1000, pretrained=None, features_only=False, o
 
     Raises:
         ValueError: unknown name (the message lists the valid ones), bad ``out_indices``.
-        CheckpointMismatchError: ``pretrained`` does not fit the model.
+        CheckpointMismatchError: ``pretrained`` does not fit the model (besides its classifier).
     """
-    from .checkpoint import load_weights
+    from .checkpoint import load_pretrained
     from .cpu_switch import accelerate_if_enabled
 
     _check_name(name)
     if not features_only:
         net = _ENTRYPOINTS[name](num_classes=num_classes, **overrides)
         if pretrained:
-            load_weights(net, pretrained, model_name=name)
+            load_pretrained(net, pretrained, model_name=name)
     else:
-        from .features import HEAD_PREFIXES, FeatureNet, check_out_indices
+        from .features import FeatureNet, check_out_indices
 
         check_out_indices(out_indices)  # before building: a bad value costs no model
         net = FeatureNet(_ENTRYPOINTS[name](num_classes=0, **overrides), out_indices)
         if pretrained:
-            load_weights(net, pretrained, model_name=name, ignore=HEAD_PREFIXES)
+            load_pretrained(net, pretrained, model_name=name)
     return net if portable else accelerate_if_enabled(net)

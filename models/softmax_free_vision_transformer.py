@@ -337,3 +337,51 @@ def variant_overrides_from_torch(state, arch):
     if "head.weight" in state:
         overrides["num_classes"] = int(state["head.weight"].shape[0])
     return overrides
+
+
+# ----------------------------------------------------------------------------------------------------
+# Import from the original MindSpore port (fudan-zvg/SOFT_MindSpore_Ascend; used by src/torch_checkpoint.py)
+
+#: our patch-embedding layer -> the port's: the stem's conv-BN-ReLU triples (proj.0/1, 3/4, 6/7) are its
+#: conv1/norm1 .. conv3/norm3, the later stages' proj.0/1 its conv/norm
+_PORT_EMBED_LAYERS = {("1", "0"): "conv1", ("1", "1"): "norm1", ("1", "3"): "conv2", ("1", "4"): "norm2",
+                      ("1", "6"): "conv3", ("1", "7"): "norm3", ("234", "0"): "conv", ("234", "1"): "norm"}
+#: our stage-4 block paths -> the port's residual SequentialCells
+_PORT_BLOCK4_RENAMES = (
+    (r"^(block4\.\d+)\.norm1\.", r"\1.layers.0.cell.0."),
+    (r"^(block4\.\d+)\.attn\.", r"\1.layers.0.cell.1."),
+    (r"^(block4\.\d+)\.norm2\.", r"\1.layers.1.cell.0."),
+    (r"^(block4\.\d+)\.mlp\.fc([12])\.", r"\1.layers.1.cell.1.ff\2."),
+)
+#: the port's entries that no forward pass reads: every PatchEmbed builds both the 3-conv stem and the one-conv
+#: embedding and runs one of them (stage 1 the stem, stages 2-4 the single conv)
+PORT_UNUSED = re.compile(r"^(patch_embed1\.(conv|norm)\.|patch_embed[234]\.(conv|norm)[123]\.)")
+#: the class token's name: ``cls`` in checkpoints of MindSpore 1.x (the port's ``name='cls'``), ``cls_token`` on 2.x
+PORT_CLASS_TOKEN = ("cls", "cls_token")
+
+
+def _port_name(ours):
+    """The port's name of our parameter ``ours``, or None for a convolution bias (the port has none)."""
+    embed = re.match(r"^patch_embed(\d)\.proj\.(\d)\.(\w+)$", ours)
+    if embed:
+        stage, index, leaf = embed.groups()
+        layer = next(v for (stages, i), v in _PORT_EMBED_LAYERS.items() if stage in stages and i == index)
+        return None if layer.startswith("conv") and leaf == "bias" else f"patch_embed{stage}.{layer}.{leaf}"
+    for pattern, repl in (_SOFT_BLOCK_RENAMES if re.match(r"block[123]\.", ours) else _PORT_BLOCK4_RENAMES):
+        theirs, count = re.subn(pattern, repl, ours)
+        if count:
+            return theirs
+    return ours
+
+
+def port_param_names(net):
+    """Our parameter name -> the original MindSpore port's checkpoint names, for every parameter of ``net``.
+
+    A value is a tuple of accepted names (the first one present is used), or ``()`` where the port has no such
+    parameter: its patch-embedding convolutions have no bias, which is a zero bias here.
+    """
+    names = {}
+    for ours, _ in net.parameters_and_names():
+        theirs = PORT_CLASS_TOKEN if ours == "cls_token" else _port_name(ours)
+        names[ours] = theirs if isinstance(theirs, tuple) else (() if theirs is None else (theirs,))
+    return names

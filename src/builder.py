@@ -6,9 +6,10 @@ What ``purpose`` adds to ``models.create_model(config.backbone, num_classes=conf
 **model_options(config))``:
 
 =========  ======================================================================================
-train      ``drop_path_rate``; ``pretrained`` weights (strict); mixed precision ``amp_level``;
-           training mode
-eval       the checkpoint (strict; the EMA weights when ``model_ema``); the one-time inference pass
+train      ``drop_path_rate``; ``pretrained`` weights (``models.load_pretrained``: a classifier of another
+           size is re-initialised, one line to ``log``); mixed precision ``amp_level``; training mode
+eval       the checkpoint (strict; the EMA weights when ``model_ema``; ``checkpoint_file_path``, else
+           ``pretrained`` as the original port's eval configs name it); the one-time inference pass
            ``models.fuse_for_inference``; mixed precision; evaluation mode
 infer      as eval
 export     the portable network (never the CPU speed layer: the file must run anywhere); the checkpoint; the
@@ -20,7 +21,8 @@ export     the portable network (never the CPU speed layer: the file must run an
 import mindspore as ms
 from mindspore import nn
 
-from models import create_model, fuse_for_inference, load_weights, model_family
+from models import create_model, fuse_for_inference, load_pretrained, load_weights, model_family
+from src.checkpoint_settings import inference_checkpoint
 
 __all__ = ["PURPOSES", "model_options", "apply_amp", "build_network"]
 
@@ -61,11 +63,12 @@ def _create(config, portable=False, **extra):
         raise ValueError(f"model_args {options} do not fit {name} ({family}): {err}") from None
 
 
-def build_network(config, purpose="train", checkpoint=None, random_weights=False):
+def build_network(config, purpose="train", checkpoint=None, random_weights=False, log=print):
     """Build ``config.backbone`` for ``purpose`` (see the module docstring); returns ``(net, meta)``.
 
-    ``checkpoint``: the weights for eval / infer / export (default ``config.checkpoint_file_path``);
-    ``random_weights``: build those purposes without weights (the benchmarks).
+    ``checkpoint``: the weights for eval / infer / export (default ``inference_checkpoint(config)``);
+    ``random_weights``: build those purposes without weights (the benchmarks); ``log``: where the line about
+    a re-initialised classifier goes.
     Raises ValueError (bad options), FileNotFoundError / CheckpointMismatchError (bad checkpoint).
     """
     if purpose not in PURPOSES:
@@ -75,13 +78,14 @@ def build_network(config, purpose="train", checkpoint=None, random_weights=False
     if purpose == "train":
         net = _create(config, **({"drop_path_rate": float(config.drop_path_rate)} if config.drop_path_rate else {}))
         if config.pretrained:
-            meta = load_weights(net, str(config.pretrained), model_name=name)
+            meta = load_pretrained(net, str(config.pretrained), model_name=name, log=log)
         net = apply_amp(net, config.amp_level)
         net.set_train(True)
         return net, meta
-    path = str(checkpoint or config.checkpoint_file_path or "")
+    path = str(checkpoint or inference_checkpoint(config))
     if not path and not random_weights:
-        raise ValueError("Set --checkpoint_file_path (or --ckpt_file) to the checkpoint to use.")
+        raise ValueError("Set --checkpoint_file_path (or --ckpt_file, or the original port's --pretrained) to the "
+                         "checkpoint to use.")
     net = _create(config, portable=purpose == "export")
     if path:
         meta = load_weights(net, path, use_ema=bool(config.model_ema), model_name=name)

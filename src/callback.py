@@ -469,7 +469,11 @@ def checkpoint_is_readable(path):
         return False
 
 
-def meta_entries(epoch_num, global_step, best_acc, class_names, backbone):
-    """The META_KEYS entries of a training checkpoint."""
-    return {"epoch_num": int(epoch_num), "step_num": int(global_step), "best_acc": float(best_acc),
-            "class_names": json.dumps(list(class_names)), "backbone": str(backbone)}
+def meta_entries(epoch_num, global_step, best_acc, class_names, backbone, eval_config=None):
+    """The META_KEYS entries of a training checkpoint (``eval_config``: the settings its accuracy was
+    measured with, ``src.checkpoint_settings.eval_settings``)."""
+    entries = {"epoch_num": int(epoch_num), "step_num": int(global_step), "best_acc": float(best_acc),
+               "class_names": json.dumps(list(class_names)), "backbone": str(backbone)}
+    if eval_config is not None:
+        entries["eval_config"] = json.dumps(dict(eval_config))
+    return entries

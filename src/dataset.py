@@ -66,8 +66,8 @@ from src.logging import CONSOLE
 from src.model_utils.device_adapter import get_local_rank_size
 
 __all__ = ["create_dataset", "scan_image_folder", "resolve_train_folder", "resolve_eval_folder",
-           "decode_for_eval", "eval_transform", "check_image", "eval_resize_size", "IMG_EXTENSIONS", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+           "decode_for_eval", "eval_transform", "check_image", "eval_resize_size", "eval_interpolation",
+           "IMG_EXTENSIONS", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -349,12 +349,17 @@ def eval_resize_size(config):
     return int(config.eval_image_size / config.crop_pct)
 
 
+def eval_interpolation(config):
+    """The interpolation of the evaluation resize: ``eval_interpolation``, else ``interpolation`` (bicubic
+    when that is random)."""
+    name = config.eval_interpolation or config.interpolation
+    return "bicubic" if name == "random" else name
+
+
 def _eval_image_ops(config):
     """Encoded bytes -> float32 [3, S, S]: decode, resize the short side, centre-crop, normalise."""
     import mindspore.dataset.vision as V
-    name = config.eval_interpolation or config.interpolation
-    if name == "random":
-        name = "bicubic"
+    name = eval_interpolation(config)
     return [V.Decode(), V.Resize(eval_resize_size(config), interpolation=_inter(name, for_eval=True)),
             V.CenterCrop(config.eval_image_size), V.HWC2CHW(),
             V.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD, is_hwc=False)]

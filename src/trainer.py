@@ -31,15 +31,16 @@ from models.checkpoint import EMA_PREFIX, mismatch_report, read_checkpoint
 from src.builder import build_network
 from src.callback import (PARTIAL_MARK, BatchNormSync, CheckpointManager, CheckpointSaver, CheckpointSaveError,
                           EpochSummary, EvalCallback, ProfilerCallback, TrainingDiverged, TrainMonitor,
-                          checkpoint_is_readable, find_latest_checkpoint, meta_entries)
+                          checkpoint_is_readable, ema_pairs, find_latest_checkpoint, meta_entries)
+from src.checkpoint_settings import eval_settings
 from src.eval_engine import EvalEngine
 from src.logging import get_logger
 from src.locks import claim_folders
 from src.lr_generator import lr_from_config
 from src.train_step import build_train_step
 
-__all__ = ["TrainingDiverged", "CheckpointSaveError", "TrainingInterrupted", "init_env", "build_train_step",
-           "checkpoint_dir", "check_output_folder", "load_train_state", "run_training"]
+__all__ = ["TrainingDiverged", "CheckpointSaveError", "TrainingInterrupted", "resolve_distributed", "init_env",
+           "build_train_step", "checkpoint_dir", "check_output_folder", "load_train_state", "run_training"]
 
 #: non-finite gradient steps in a row that count as divergence, by loss scaling
 _MAX_BAD_STEPS = {"O0": 1, "fixed": 5, "dynamic": 40}
@@ -54,18 +55,45 @@ class TrainingInterrupted(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------- environment
+def resolve_distributed(config):
+    """Whether this process trains data-parallel: ``run_distribute`` against how the process was started.
+
+    ``auto``: exactly when a launcher (msrun, mpirun, a rank table) started it. ``true`` without a launcher is
+    a one-sentence ValueError (a lone process cannot form a communication group; on Ascend MindSpore would
+    stop with "RANK_ID has not been exported"); ``false`` under a launcher of several processes trains each
+    one alone, with a warning.
+    """
+    from src.model_utils.device_adapter import get_device_num, get_launcher
+
+    launcher = get_launcher()
+    value = config.run_distribute
+    if value == "auto":
+        return launcher is not None
+    if value and launcher is None:
+        where = "on the command line" if "run_distribute" in config.command_line_keys else \
+            f"in {config.config_path or 'the config'}"
+        raise ValueError(f"run_distribute is true ({where}) but this process was not started by a launcher "
+                         "(msrun, mpirun or a rank table): start it with scripts/run_distribute_train_*.sh, or set "
+                         "--run_distribute auto (the default) to train on one device.")
+    if not value and launcher is not None and get_device_num() > 1:
+        print(f"WARNING: run_distribute is false but {launcher} started {get_device_num()} processes: each one "
+              "trains alone on its own device.", file=sys.stderr, flush=True)
+    return bool(value)
+
+
 def init_env(config):
-    """Execution mode, device, seed and (with ``run_distribute``) the communication group.
+    """Execution mode, device, seed and (when ``resolve_distributed``) the communication group.
 
     Returns ``(rank_id, rank_size)``; everything else asks this function's result, never the
     environment, so a single place decides who is rank 0.
     """
+    distributed = resolve_distributed(config)
     ms.set_context(mode=ms.GRAPH_MODE if config.context_mode == "graph" else ms.PYNATIVE_MODE)
     target = str(config.device_target)
     if target == "CPU":
         ms.set_device("CPU")
     else:
-        if config.run_distribute:  # the launcher's DEVICE_ID / local rank
+        if distributed:  # the launcher's DEVICE_ID / local rank
             from src.model_utils.device_adapter import get_device_id
             device_id = get_device_id()
         else:
@@ -73,7 +101,7 @@ def init_env(config):
         ms.set_device(target, device_id)
     ms.set_seed(int(config.seed))
     rank_id, rank_size = 0, 1
-    if config.run_distribute:
+    if distributed:
         from mindspore.communication import get_group_size, get_rank, init
         init()
         rank_id, rank_size = get_rank(), get_group_size()
@@ -318,7 +346,7 @@ def _train(config, extra, rank_id, rank_size, takeovers):
     steps_per_epoch = train_ds.get_dataset_size()
     eval_ds = create_dataset(config, False, rank_id, rank_size)[0] if config.eval_interval > 0 else None
 
-    net, _ = build_network(config, "train")
+    net, _ = build_network(config, "train", log=logger.warning)
     lrs = lr_from_config(config, steps_per_epoch)
     train_step = build_train_step(config, net, learning_rate=lrs, rank_size=rank_size)
     prefix = str(config.backbone)
@@ -362,8 +390,10 @@ def _train(config, extra, rank_id, rank_size, takeovers):
         ours.append(EvalCallback(engine, net, train_step, max_epoch, config.eval_interval, config.eval_offset))
     summary = EpochSummary(logger, lrs, int(config.batch_size) * rank_size, best_acc)
     ours.append(summary)
+    evaluation = eval_settings(config, evaluated_ema=bool(ema_pairs(train_step, net)))
     ours.append(CheckpointSaver(manager, train_step, max_epoch, config.save_checkpoint_epochs,
-                                lambda epoch, step, best: meta_entries(epoch, step, best, class_names, prefix),
+                                lambda epoch, step, best: meta_entries(epoch, step, best, class_names, prefix,
+                                                                       evaluation),
                                 best_acc, evaluates=eval_ds is not None))
     if config.open_profiler:
         ours.append(ProfilerCallback(os.path.join(output_path, f"profiler_{rank_id}")))

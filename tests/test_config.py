@@ -37,7 +37,7 @@ def test_schema_has_every_key_with_type_default_and_help():
     for name in LEGACY_KEYS + NEW_KEYS:
         assert name in SCHEMA, name
     for key in SCHEMA.values():
-        assert key.kind in ("str", "path", "int", "float", "bool", "dict"), key.name
+        assert key.kind in ("str", "path", "int", "float", "bool", "auto_bool", "dict"), key.name
         assert key.help and len(key.help) > 10, key.name
         assert key.group, key.name
 
@@ -48,7 +48,7 @@ def test_default_config_file_is_used(monkeypatch, tmp_path):
     assert config.config_path.endswith(DEFAULT_CONFIG)
     assert config.backbone == "soft_tiny"
     assert config.device_target == "GPU"
-    assert config.enable_modelarts is False and config.run_distribute is True
+    assert config.enable_modelarts is False and config.run_distribute == "auto"
     assert config.context_mode == "graph"
 
 
@@ -344,3 +344,41 @@ def test_every_documented_key_is_read_by_the_code():
     help_text = format_help()
     for name in IGNORED_KEYS:
         assert f"Accepted and ignored: {name}" in help_text
+
+
+@pytest.mark.parametrize("text, expected", [("auto", "auto"), ("AUTO", "auto"), ("1", True), ("0", False),
+                                            ("true", True), ("off", False)])
+def test_run_distribute_is_auto_or_a_boolean(tmp_path, text, expected):
+    path = _write(tmp_path, f"run_distribute: {text}\n")
+    assert load_config(["--config_path", path]).run_distribute == expected
+    assert load_config(["--config_path", _write(tmp_path, "batch_size: 8\n", "d.yml")]).run_distribute == "auto"
+
+
+def test_every_shipped_config_leaves_distribution_to_the_launcher():
+    for path in sorted(glob.glob(os.path.join(REPO_ROOT, "config", "*.yml"))):
+        assert load_config(["--config_path", path]).run_distribute in ("auto", False), path
+
+
+def test_unset_environment_variable_in_a_path_is_one_sentence_naming_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("DATA_PATH", raising=False)
+    config = load_config(["--config_path", "config/soft_tiny.yml"])
+    assert config.raw("dataset_path") == "$DATA_PATH/imagenet"
+    for key in ("dataset_path", "eval_path", "train_path"):
+        with pytest.raises(ConfigError) as err:
+            getattr(config, key)
+        message = str(err.value)
+        assert "DATA_PATH" in message and "'dataset_path'" in message and "soft_tiny.yml" in message
+        assert "--dataset_path" in message and "\n" not in message
+    assert config.to_dict()["dataset_path"] == "$DATA_PATH/imagenet"  # the log of the arguments still works
+    given = load_config(["--config_path", "config/soft_tiny.yml", "--dataset_path", str(tmp_path)])
+    assert given.dataset_path == str(tmp_path) and given.eval_path == str(tmp_path / "val")
+    monkeypatch.setenv("DATA_PATH", str(tmp_path))
+    config = load_config(["--config_path", "config/soft_tiny.yml"])
+    assert config.dataset_path == str(tmp_path / "imagenet") and config.eval_path == str(tmp_path / "imagenet" / "val")
+
+
+def test_command_line_keys_are_told_apart_from_the_file(tmp_path):
+    path = _write(tmp_path, "crop_pct: 0.9\nbatch_size: 8\n")
+    config = load_config(["--config_path", path, "--batch_size", "16"])
+    assert config.command_line_keys == {"batch_size"}
+    assert {"crop_pct", "batch_size"} <= config.explicit_keys

@@ -6,6 +6,7 @@ No MindSpore is imported here.
 import os
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[1]
 FAKE = REPO / "tests" / "fake_moxing"
 
-LAUNCH_VARS = ("DEVICE_ID", "RANK_ID", "RANK_SIZE", "MS_WORKER_NUM", "MS_NODE_ID", "OMPI_COMM_WORLD_RANK",
-               "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "JOB_ID", "MA_JOB_ID")
+LAUNCH_VARS = ("DEVICE_ID", "RANK_ID", "RANK_SIZE", "MS_WORKER_NUM", "MS_NODE_ID", "MS_ROLE", "MS_SCHED_HOST",
+               "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK", "JOB_ID",
+               "MA_JOB_ID", "RANK_TABLE_FILE", "MINDSPORE_HCCL_CONFIG_PATH")
 
 
 @pytest.fixture
@@ -92,6 +94,22 @@ def test_device_adapter_single_device_on_device_5_is_first(clean_env):
     from src.model_utils import device_adapter as da
     clean_env.setenv("DEVICE_ID", "5")
     assert da.get_local_rank_id() == 0  # a standalone job on device 5 still copies its own data
+
+
+@pytest.mark.parametrize("env, launcher", [
+    ({}, None),
+    ({"RANK_ID": "0", "RANK_SIZE": "1", "DEVICE_ID": "0"}, None),                     # the standalone scripts
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "1"}, None),                         # a one-device rank table
+    ({"RANK_TABLE_FILE": "/t.json", "RANK_SIZE": "8", "RANK_ID": "3"}, "rank table"),  # the Ascend script, ModelArts
+    ({"MINDSPORE_HCCL_CONFIG_PATH": "/t.json", "RANK_SIZE": "8"}, "rank table"),
+    ({"MS_ROLE": "MS_WORKER", "MS_WORKER_NUM": "1", "MS_SCHED_HOST": "127.0.0.1"}, "msrun"),
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_RANK": "1"}, "mpirun"),
+])
+def test_device_adapter_names_the_launcher(clean_env, env, launcher):
+    from src.model_utils import device_adapter as da
+    for k, v in env.items():
+        clean_env.setenv(k, v)
+    assert da.get_launcher() == launcher
 
 
 def test_device_adapter_bad_value(clean_env):
@@ -176,6 +194,16 @@ def test_relative_paths_are_taken_inside_the_local_copies(fake_moxing, clean_env
     assert config.checkpoint_file_path == str(tmp / "cache" / "ckpt" / "model.ckpt")
     assert Path(config.checkpoint_file_path).is_file()
     assert config.output_path == str(tmp / "cache" / "train")  # the default for an empty output_path
+
+
+def test_a_data_path_variable_left_unset_means_the_copied_data(fake_moxing, clean_env):
+    """A per-model config on ModelArts: its $DATA_PATH/imagenet is not set there; data_url's copy is the data."""
+    from src.model_utils import moxing_adapter as ma
+
+    clean_env.delenv("DATA_PATH", raising=False)
+    config = _config(fake_moxing, dataset_path="$DATA_PATH/imagenet")
+    ma.localise_config_paths(config, data_local=config.data_path)
+    assert config.dataset_path == config.data_path and config.eval_path == os.path.join(config.data_path, "val")
 
 
 def test_outputs_copied_back_on_failure_and_error_reraised(fake_moxing):
@@ -278,3 +306,32 @@ def test_export_as_a_modelarts_job(fake_moxing):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert (tmp / "obs" / "bucket" / "out" / "sf.mindir").is_file()
     assert (tmp / "cache" / "ckpt" / "sf.ckpt").is_file()
+
+
+# ------------------------------------------------------------------------------------------ archives
+def test_unsafe_archive_members_are_refused(tmp_path):
+    from src.model_utils.moxing_adapter import MoxingError, extract_archives
+
+    (tmp_path / "train").mkdir()
+    payload = tmp_path / "payload.txt"
+    payload.write_text("x")
+    with tarfile.open(tmp_path / "train" / "evil.tar", "w") as archive:
+        archive.add(payload, arcname="../escaped.txt")
+    with pytest.raises(MoxingError, match=r"refusing to unpack .*evil\.tar: its member '\.\./escaped\.txt'"):
+        extract_archives(str(tmp_path))
+    assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_per_class_archives_unpack_into_their_own_folders(tmp_path):
+    """ImageNet's training archive holds one tar of images per class (n01440764.tar, ...)."""
+    from src.model_utils.moxing_adapter import extract_archives
+
+    (tmp_path / "train").mkdir()
+    for cls in ("n01", "n02"):
+        image = tmp_path / f"{cls}_0.JPEG"
+        image.write_bytes(b"jpeg")
+        with tarfile.open(tmp_path / "train" / f"{cls}.tar", "w") as archive:
+            archive.add(image, arcname=image.name)
+    assert len(extract_archives(str(tmp_path))) == 2
+    assert sorted(os.listdir(tmp_path / "train")) == ["n01", "n02"]
+    assert os.listdir(tmp_path / "train" / "n01") == ["n01_0.JPEG"]

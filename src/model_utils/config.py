@@ -14,6 +14,13 @@ naming the closest valid key; a value of the wrong type names the key and the ex
 set twice in one YAML mapping names the key and both lines; an empty YAML file is refused.
 Booleans accept true/false/1/0 (and yes/no/on/off); the original MindSpore port wrote them as 0/1.
 
+Path values expand environment variables (``$DATA_PATH/imagenet``, ``~``). A variable that is not set is
+kept as written and reported when the key is used: one ``ConfigError`` sentence naming the variable and the
+key (``config.raw(key)`` gives the unexpanded text without that check).
+
+``run_distribute`` is ``auto`` (default), true or false: ``auto`` trains data-parallel exactly when the
+process was started by a launcher (msrun, mpirun, a rank table; see ``src.trainer.resolve_distributed``).
+
 Derived values: an empty ``eval_path`` means ``<dataset_path>/val`` (the sibling ``val`` folder when
 ``dataset_path`` ends in ``train``, the original port's style); the training images are read
 from ``config.train_path`` = ``<dataset_path>/train`` (``src/dataset.py`` also accepts the original
@@ -22,13 +29,14 @@ port's layout, where ``dataset_path`` is the training folder itself).
 import copy
 import difflib
 import os
+import re
 import sys
 from collections import OrderedDict
 
 import yaml
 
 __all__ = ["ConfigError", "Config", "Key", "SCHEMA", "KEY_ALIASES", "IGNORED_KEYS", "DEFAULT_CONFIG",
-           "load_config", "make_config", "format_help"]
+           "load_config", "make_config", "format_help", "unset_variables"]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_CONFIG = os.path.join("config", "SOFT_config.yml")
@@ -38,7 +46,7 @@ class ConfigError(ValueError):
 
 
 class Key:
-    """One configuration key: ``kind`` is str, path, int, float or bool."""
+    """One configuration key: ``kind`` is str, path, int, float, bool, auto_bool ("auto" or a bool) or dict."""
 
     __slots__ = ("name", "kind", "default", "help", "choices", "value_aliases", "check", "group")
 
@@ -111,7 +119,9 @@ _GROUPS = [
     ("Training data", [
         Key("dataset_path", "path", "",
             "dataset root holding train/<class>/* and val/<class>/* (ImageFolder); the original port's "
-            "style, dataset_path pointing at the training folder itself, is also accepted"),
+            "style, dataset_path pointing at the training folder itself, is also accepted. Path keys expand "
+            "environment variables: the shipped configs say $DATA_PATH/imagenet (export DATA_PATH; unset, it is "
+            "an error naming it)"),
         Key("train_image_size", "int", 224, "training crop size in pixels (a multiple of 32)",
             check=_multiple_of_32),
         Key("interpolation", "str", "bilinear",
@@ -162,7 +172,9 @@ _GROUPS = [
             check=_positive),
         Key("pretrained", "path", "",
             "MindSpore checkpoint to initialise the network from before training (empty: random "
-            "initialisation)"),
+            "initialisation); a classifier of another size is re-initialised (fine-tuning). eval.py, export.py "
+            "and infer.py take it as their checkpoint when checkpoint_file_path is empty (the original port's "
+            "eval and export configs)"),
         Key("drop_path_rate", "float", 0.0, "stochastic depth rate, ramped linearly over the blocks",
             check=_probability),
         Key("model_args", "dict", {},
@@ -248,8 +260,12 @@ _GROUPS = [
             "in data-parallel training every rank saves its own checkpoints into <checkpoint folder>/rank<R> "
             "(to compare the replicas); otherwise rank 0 alone saves"),
         Key("checkpoint_file_path", "path", "",
-            "checkpoint to evaluate (eval.py) or export (export.py)"),
-        Key("model_ema", "bool", False, "keep an exponential moving average of the weights"),
+            "checkpoint to evaluate (eval.py), export (export.py) or predict with (infer.py); empty: pretrained. "
+            "A training checkpoint brings the weights (EMA or not) and the evaluation preprocessing its accuracy "
+            "was measured with; those keys given on the command line win"),
+        Key("model_ema", "bool", False,
+            "keep an exponential moving average of the weights (training; evaluated and kept as best.ckpt by its "
+            "accuracy); eval / export / infer: use a checkpoint's EMA weights (default: as the checkpoint records)"),
         Key("model_ema_decay", "float", 0.99996, "decay of the weight moving average", check=_probability),
     ]),
     ("Runtime", [
@@ -262,7 +278,10 @@ _GROUPS = [
         Key("device_num", "int", 1,
             "number of devices (the original port's --device_num; distributed runs read it from the "
             "communication group)", check=_positive),
-        Key("run_distribute", "bool", False, "data-parallel training over all devices of the job"),
+        Key("run_distribute", "auto_bool", "auto",
+            "data-parallel training over all processes of the job: auto (default) follows how the process was "
+            "started (msrun, mpirun or a rank table: data parallel; a plain python train.py: one device); "
+            "true requires such a launcher (one sentence otherwise); false trains alone even under a launcher"),
         Key("amp_level", "str", "O0", "mixed precision level: O0 (float32), O1, O2 or O3",
             choices=("O0", "O1", "O2", "O3")),
         Key("dataset_sink_mode", "bool", True,
@@ -307,10 +326,19 @@ IGNORED_KEYS = {
     "soft_config_path": "the original port's path of a second SOFT config; every option is a key here",
 }
 
-_TYPE_WORDS = {"str": "a string", "path": "a path (string)", "int": "an integer", "float": "a number",
+_TYPE_WORDS = {"auto_bool": "auto or a boolean (true/false/1/0)", "str": "a string", "path": "a path (string)",
+               "int": "an integer", "float": "a number",
                "bool": "a boolean (true/false/1/0)", "dict": "a mapping (YAML, JSON or key=value,key=value)"}
 _TRUE = {"true", "1", "yes", "on", "y", "t"}
 _FALSE = {"false", "0", "no", "off", "n", "f"}
+
+
+_VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+
+
+def unset_variables(text):
+    """Names of the environment variables that ``text`` still names after ``os.path.expandvars`` (not set)."""
+    return [a or b for a, b in _VARIABLE.findall(str(text))]
 
 
 def _closest_key(name):
@@ -342,6 +370,17 @@ def _canonical_name(name, where):
     raise _unknown_key(name, where)
 
 
+def _as_bool(value):
+    """True / False for the boolean spellings (true/false, 1/0, yes/no, on/off), None for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    return None
+
+
 def _coerce(key, value, where):
     """Convert ``value`` (from YAML or a CLI string) to the key's type, or raise ConfigError."""
     kind = key.kind
@@ -360,17 +399,13 @@ def _coerce(key, value, where):
             raise bad()
         if kind == "path" and result:
             result = os.path.expanduser(os.path.expandvars(result))
-    elif kind == "bool":
-        if isinstance(value, bool):
-            result = value
-        elif isinstance(value, int) and value in (0, 1):
-            result = bool(value)
-        elif isinstance(value, float) and value in (0.0, 1.0):
-            result = bool(value)
-        elif isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            result = value.strip().lower() in _TRUE
+    elif kind in ("bool", "auto_bool"):
+        if kind == "auto_bool" and isinstance(value, str) and value.strip().lower() == "auto":
+            result = "auto"
         else:
-            raise bad()
+            result = _as_bool(value)
+            if result is None:
+                raise bad()
     elif kind == "int":
         if isinstance(value, bool):
             raise bad()
@@ -494,14 +529,17 @@ class Config:
     """Validated configuration values with attribute access.
 
     Known keys are type-checked on assignment too. Other attributes may be attached at run time
-    (``config.steps_per_epoch = 10``); they are not part of ``to_dict()``.
+    (``config.steps_per_epoch = 10``); they are not part of ``to_dict()``. ``explicit_keys``: the keys the
+    YAML file, the command line or code set; ``command_line_keys``: those given on the command line (they
+    win over what a checkpoint records, see ``src.checkpoint_settings``).
     """
 
-    def __init__(self, values=None, config_path=None, explicit=()):
+    def __init__(self, values=None, config_path=None, explicit=(), command_line=()):
         object.__setattr__(self, "_values", _defaults())
         object.__setattr__(self, "_extra", {})
         object.__setattr__(self, "config_path", config_path)
         object.__setattr__(self, "explicit_keys", set(explicit))
+        object.__setattr__(self, "command_line_keys", set(command_line))
         for name, value in (values or {}).items():
             self._values[name] = value
 
@@ -522,7 +560,7 @@ class Config:
         raise AttributeError(f"unknown config key {name!r}{hint}")
 
     def __setattr__(self, name, value):
-        if name in ("config_path", "explicit_keys"):
+        if name in ("config_path", "explicit_keys", "command_line_keys"):
             object.__setattr__(self, name, value)
             return
         if name in SCHEMA or name in KEY_ALIASES:
@@ -544,28 +582,46 @@ class Config:
         except AttributeError:
             return default
 
-    def _resolved(self, name):
+    def _resolved(self, name, check=True):
         value = self._values[name]
         if name == "eval_path" and not value and self._values["dataset_path"]:
-            root = self._values["dataset_path"]
+            root = self._checked("dataset_path") if check else self._values["dataset_path"]
             if os.path.basename(os.path.normpath(root)) == "train":  # the original port's style
                 return os.path.join(os.path.dirname(os.path.normpath(root)), "val")
             return os.path.join(root, "val")
+        return self._checked(name) if check else value
+
+    def _checked(self, name):
+        """The value of ``name``; a path naming an environment variable that is not set is a ConfigError."""
+        value = self._values[name]
+        if SCHEMA[name].kind == "path" and value and not os.path.exists(value):
+            unset = unset_variables(value)
+            if unset:
+                where = f" (in {self.config_path})" if self.config_path and name not in self.command_line_keys else ""
+                raise ConfigError(
+                    f"config key {name!r} is {value!r}{where} but the environment variable {unset[0]} is not set: "
+                    f"export {unset[0]}=<folder> so that {value} names your data, or give --{name} on the "
+                    "command line.")
         return value
+
+    def raw(self, name):
+        """The value of key ``name`` as given (path variables not checked, derived values not filled in)."""
+        return self._values[KEY_ALIASES.get(name, name)]
 
     @property
     def train_path(self):
         """The training ImageFolder: ``<dataset_path>/train`` (empty when dataset_path is empty)."""
-        root = self._values["dataset_path"]
+        root = self._checked("dataset_path")
         return os.path.join(root, "train") if root else ""
 
     def to_dict(self):
-        """Every schema key with its value (derived values filled in); reloadable as a YAML file."""
-        return OrderedDict((k, self._resolved(k)) for k in self._values)
+        """Every schema key with its value (derived values filled in, unset path variables left as written);
+        reloadable as a YAML file."""
+        return OrderedDict((k, self._resolved(k, check=False)) for k in self._values)
 
     def copy(self, **overrides):
         """A copy with some keys replaced (validated)."""
-        new = Config(self._values, self.config_path, self.explicit_keys)
+        new = Config(self._values, self.config_path, self.explicit_keys, self.command_line_keys)
         new._extra.update(self._extra)
         for k, v in overrides.items():
             setattr(new, k, v)
@@ -595,6 +651,7 @@ def format_help():
             current = key.group
             lines.append(f"\n{current}:")
         kind = key.kind if key.choices is None else "{" + "|".join(c for c in key.choices if c) + "}"
+        kind = "{auto|true|false}" if key.kind == "auto_bool" else kind
         lines.append(f"  --{key.name} ({kind}, default: {key.default!r})")
         lines.append(f"        {key.help}")
     lines.append("")
@@ -691,13 +748,13 @@ def _split_cli(argv):
     return config_path, pairs, wants_help
 
 
-def _finish(values, explicit, config_path):
+def _finish(values, explicit, config_path, command_line=()):
     where = "config"
     if values["autoaugment"] and values["randaugment"]:
         raise ConfigError(f"autoaugment and randaugment ({values['randaugment']!r}) are both on; "
                           "set --autoaugment 0 or --randaugment ''")
     _check_backbone(values["backbone"], where)
-    return Config(values, config_path, explicit)
+    return Config(values, config_path, explicit, command_line)
 
 
 def _defaults():
@@ -712,7 +769,7 @@ def _apply(values, explicit, pairs, where):
         canon = _canonical_name(name, where)
         key = SCHEMA[canon]
         if value is None and where == "on the command line":
-            if key.kind != "bool":
+            if key.kind not in ("bool", "auto_bool"):
                 raise ConfigError(f"--{name} needs a value ({_TYPE_WORDS[key.kind]})")
             value = True
         values[canon] = _coerce(key, value, where)
@@ -722,14 +779,16 @@ def _apply(values, explicit, pairs, where):
 def make_config(overrides=None, config_path=None):
     """A validated Config from the schema defaults (or ``config_path``) plus a dict of ``overrides``.
 
-    Meant for code and tests: ``make_config({"dataset_path": root, "train_image_size": 32})``.
+    Meant for code and tests: ``make_config({"dataset_path": root, "train_image_size": 32})``. The
+    ``overrides`` count as given on the command line (``Config.command_line_keys``).
     """
     values, explicit = _defaults(), set()
     if config_path:
         config_path = _resolve_config_path(config_path)
         _apply(values, explicit, _read_yaml(config_path).items(), f"in {config_path}")
-    _apply(values, explicit, (overrides or {}).items(), "in overrides")
-    return _finish(values, explicit, config_path)
+    given = set()
+    _apply(values, given, (overrides or {}).items(), "in overrides")
+    return _finish(values, explicit | given, config_path, given)
 
 
 def load_config(argv=None):
@@ -747,5 +806,6 @@ def load_config(argv=None):
     path = _resolve_config_path(config_path or DEFAULT_CONFIG)
     values, explicit = _defaults(), set()
     _apply(values, explicit, _read_yaml(path).items(), f"in {path}")
-    _apply(values, explicit, pairs, "on the command line")
-    return _finish(values, explicit, path)
+    given = set()
+    _apply(values, given, pairs, "on the command line")
+    return _finish(values, explicit | given, path, given)

@@ -5,11 +5,16 @@ The ONE place that reads the launchers' environment variables; no other module s
 ================  ==========================================================================
 launcher          variables set per process
 ================  ==========================================================================
-rank table        DEVICE_ID, RANK_ID, RANK_SIZE (scripts/run_distribute_train_ascend.sh)
-msrun             DEVICE_ID (= local rank), RANK_ID (= MS_NODE_ID), RANK_SIZE, MS_WORKER_NUM
+rank table        RANK_TABLE_FILE (or MINDSPORE_HCCL_CONFIG_PATH), DEVICE_ID, RANK_ID, RANK_SIZE
+                  (scripts/run_distribute_train_ascend.sh, ModelArts)
+msrun             MS_ROLE, MS_SCHED_HOST, DEVICE_ID (= local rank), RANK_ID (= MS_NODE_ID), RANK_SIZE,
+                  MS_WORKER_NUM
 mpirun            OMPI_COMM_WORLD_RANK / _SIZE / _LOCAL_RANK
 ModelArts         the above plus JOB_ID (MA_JOB_ID on newer images)
 ================  ==========================================================================
+
+``get_launcher()`` names the launcher that started this process (None for a plain ``python train.py``,
+including the standalone scripts, which export RANK_SIZE=1 without a rank table).
 
 Nothing here imports MindSpore: these helpers run before the context is set (e.g. to decide which
 process copies the data of a ModelArts job). Inside a running distributed job the communication group
@@ -18,7 +23,7 @@ launchers above.
 """
 import os
 
-__all__ = ["get_device_id", "get_device_num", "get_rank_id", "get_local_rank_id", "get_local_rank_size",
+__all__ = ["get_launcher", "get_device_id", "get_device_num", "get_rank_id", "get_local_rank_id", "get_local_rank_size",
            "get_job_id", "is_first_local_rank", "describe"]
 
 #: devices per server assumed when only a global count is known (Ascend 910 / GPU servers have 8)
@@ -34,6 +39,23 @@ def _env_int(names, default):
             except ValueError:
                 raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
     return default
+
+
+def get_launcher():
+    """The launcher that started this process as one of a data-parallel job, or None.
+
+    ``"msrun"`` (MindSpore's dynamic cluster: MS_ROLE is set), ``"mpirun"`` (OMPI_COMM_WORLD_SIZE), ``"rank
+    table"`` (RANK_TABLE_FILE or MINDSPORE_HCCL_CONFIG_PATH with RANK_SIZE > 1: the Ascend script and
+    ModelArts); None otherwise.
+    """
+    if os.environ.get("MS_ROLE", "").strip():
+        return "msrun"
+    if os.environ.get("OMPI_COMM_WORLD_SIZE", "").strip():
+        return "mpirun"
+    table = os.environ.get("RANK_TABLE_FILE", "").strip() or os.environ.get("MINDSPORE_HCCL_CONFIG_PATH", "").strip()
+    if table and _env_int(("RANK_SIZE",), 1) > 1:
+        return "rank table"
+    return None
 
 
 def get_device_id():

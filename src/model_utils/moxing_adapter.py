@@ -10,10 +10,13 @@ With ``config.enable_modelarts`` false the wrapper calls the function unchanged 
 1. ``data_url`` is copied to ``data_path`` and ``checkpoint_url`` to ``load_path`` with
    ``moxing.file.copy_parallel`` (``moxing.file.copy`` for a single-file URL such as ``.../x.ckpt``).
    One process per server copies (``device_adapter.is_first_local_rank``); the others wait until it
-   has written a lock file (or a failure marker, which makes them fail too).
+   has written a lock file (or a failure marker, which makes them fail too). A dataset uploaded as
+   archives, as the original port's ModelArts recipe does (``train/*.tar``, ``val/*.tar``; also ``.tar.gz``,
+   ``.tgz``), is unpacked there by the copying process before the others go on (``extract_archives``).
 2. Config paths are pointed at the local copies (see ``localise_config_paths``): an empty
    ``dataset_path`` becomes ``data_path`` (a relative one is taken inside it, as is a relative
-   ``eval_path``); an empty ``checkpoint_file_path`` becomes the fetched checkpoint file, a relative
+   ``eval_path``; one naming an environment variable that is not set, as the per-model configs'
+   ``$DATA_PATH/imagenet``, is replaced by ``data_path`` with a line saying so); an empty ``checkpoint_file_path`` becomes the fetched checkpoint file, a relative
    one (and a relative ``pretrained``) is taken inside ``load_path``; an empty ``output_path`` becomes
    ``/cache/train``. ``device_id`` / ``device_num`` come from the environment.
 3. ``pre_process()`` (if given), the function, ``post_process()`` (if given).
@@ -26,14 +29,16 @@ job id (``device_adapter.get_job_id``), so a fresh job never sees a previous job
 import functools
 import os
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
 
 from . import device_adapter
+from .config import unset_variables
 
-__all__ = ["run_job", "moxing_wrapper", "import_moxing", "sync_data", "localise_config_paths", "MoxingError",
-           "DEFAULT_OUTPUT_PATH"]
+__all__ = ["run_job", "moxing_wrapper", "import_moxing", "sync_data", "extract_archives", "localise_config_paths",
+           "MoxingError", "DEFAULT_OUTPUT_PATH"]
 
 DEFAULT_OUTPUT_PATH = "/cache/train"
 #: seconds the other processes of a server wait for the copying one
@@ -88,8 +93,62 @@ def _copy_in(mox, url, local):
     return target
 
 
-def sync_data(mox, url, local, tag, timeout=None):
+#: archive names of a dataset uploaded as archives
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+
+
+def _safe_members(archive, path):
+    """The members of ``archive``; MoxingError for one that would land outside its folder or is not a plain
+    file or folder."""
+    members = archive.getmembers()
+    for member in members:
+        name = member.name
+        outside = os.path.isabs(name) or ".." in name.replace("\\", "/").split("/")
+        if outside or not (member.isfile() or member.isdir()):
+            raise MoxingError(f"refusing to unpack {path}: its member {name!r} is not a plain file or folder "
+                              "inside it")
+    return members
+
+
+def extract_archives(root):
+    """Unpack the archives of a dataset in ``root``, ``root/train`` and ``root/val``; returns their paths.
+
+    The original port's recipe uploads ImageNet as ``train/imagenet_train.tar`` and ``val/imagenet_val.tar``
+    holding the class folders: each archive is unpacked into the folder it lies in and then removed (the
+    local copy only; OBS keeps it). An archive whose members are all files at its top level (ImageNet's
+    per-class ``n01440764.tar``) is unpacked into a folder named after it. A member that would land outside
+    the folder (absolute path, ``..``, links, devices) is refused with a MoxingError.
+    """
+    done = []
+    for folder in (root, os.path.join(root, "train"), os.path.join(root, "val")):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            suffix = next((s for s in ARCHIVE_SUFFIXES if name.lower().endswith(s)), None)
+            if suffix is None or not os.path.isfile(path):
+                continue
+            started = time.time()
+            try:
+                with tarfile.open(path) as archive:
+                    members = _safe_members(archive, path)
+                    flat = members and all(m.isfile() and "/" not in m.name.strip("/") for m in members)
+                    target = os.path.join(folder, name[:-len(suffix)]) if flat else folder
+                    os.makedirs(target, exist_ok=True)
+                    extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                    archive.extractall(target, members=members, **extra)
+            except (tarfile.TarError, OSError) as err:
+                raise MoxingError(f"cannot unpack {path}: {err}") from None
+            os.remove(path)
+            _log(f"unpacked {path} into {target} in {time.time() - started:.1f}s")
+            done.append(path)
+    return done
+
+
+def sync_data(mox, url, local, tag, timeout=None, unpack=False):
     """Copy ``url`` to ``local`` once per server; every process returns the local path.
+
+    ``unpack``: the copying process also unpacks the dataset's archives (``extract_archives``).
 
     The first local rank copies and then writes the lock file; the others wait for it (at most
     ``timeout`` seconds, default SYNC_TIMEOUT) and raise MoxingError if the copy failed or never ended.
@@ -103,6 +162,8 @@ def sync_data(mox, url, local, tag, timeout=None):
                 os.remove(stale)
         try:
             target = _copy_in(mox, url, local)
+            if unpack and os.path.isdir(target):
+                extract_archives(target)
         except Exception as err:
             with open(failed, "w", encoding="utf-8") as fh:
                 fh.write(f"{type(err).__name__}: {err}\n")
@@ -134,8 +195,12 @@ def _inside(folder, path):
 def localise_config_paths(config, data_local=None, checkpoint_local=None):
     """Point the config's paths at the local copies (see the module docstring); returns ``config``."""
     if data_local is not None:
-        config.dataset_path = _inside(config.data_path, config.dataset_path) if config.dataset_path \
-            else config.data_path
+        dataset_path = config.raw("dataset_path")
+        if dataset_path and unset_variables(dataset_path) and not os.path.exists(dataset_path):
+            _log(f"dataset_path {dataset_path} names an unset environment variable: using data_path "
+                 f"{config.data_path}, where data_url was copied")
+            dataset_path = ""
+        config.dataset_path = _inside(config.data_path, dataset_path) if dataset_path else config.data_path
         if config.get("eval_path") and not os.path.isabs(config.eval_path) and "eval_path" in config.explicit_keys:
             config.eval_path = _inside(config.data_path, config.eval_path)
     if checkpoint_local is not None:
@@ -179,7 +244,7 @@ def moxing_wrapper(config, pre_process=None, post_process=None):
             _log(device_adapter.describe())
             data_local = ckpt_local = None
             if config.data_url:
-                data_local = sync_data(mox, config.data_url, config.data_path, "data")
+                data_local = sync_data(mox, config.data_url, config.data_path, "data", unpack=True)
             if config.checkpoint_url:
                 ckpt_local = sync_data(mox, config.checkpoint_url, config.load_path, "checkpoint")
             localise_config_paths(config, data_local, ckpt_local)

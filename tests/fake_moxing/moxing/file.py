@@ -7,12 +7,14 @@ __all__ = ["copy_parallel", "copy", "exists", "local_path"]
 
 
 def local_path(url):
-    """``obs://bucket/key`` -> ``$FAKE_OBS_ROOT/bucket/key``; other paths are returned unchanged."""
-    if url.startswith("obs://"):
-        root = os.environ.get("FAKE_OBS_ROOT")
-        if not root:
-            raise RuntimeError("fake moxing: set FAKE_OBS_ROOT to the folder that stands for OBS")
-        return os.path.join(root, url[len("obs://"):])
+    """``obs://bucket/key`` (or ``s3://bucket/key``, moxing's other spelling) -> ``$FAKE_OBS_ROOT/bucket/key``;
+    other paths are returned unchanged."""
+    for scheme in ("obs://", "s3://"):
+        if url.startswith(scheme):
+            root = os.environ.get("FAKE_OBS_ROOT")
+            if not root:
+                raise RuntimeError("fake moxing: set FAKE_OBS_ROOT to the folder that stands for OBS")
+            return os.path.join(root, url[len(scheme):])
     return url
 
 
