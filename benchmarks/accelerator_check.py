@@ -193,7 +193,9 @@ def compile_graph(cell, inputs, ir_dir=None):
     compile seconds and, with ``ir_dir``, ``graph_primitives`` of its validate-stage graph (else None)."""
     import mindspore as ms
 
+    previous = os.environ.get("MS_DEV_DUMP_IR_PASSES")
     if ir_dir:
+        os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"  # only the stage read here (a third of the compile time)
         ms.set_context(save_graphs=1, save_graphs_path=str(ir_dir))
     start = time.perf_counter()
     try:
@@ -201,6 +203,10 @@ def compile_graph(cell, inputs, ir_dir=None):
     finally:
         if ir_dir:
             ms.set_context(save_graphs=0)
+            if previous is None:
+                os.environ.pop("MS_DEV_DUMP_IR_PASSES", None)
+            else:
+                os.environ["MS_DEV_DUMP_IR_PASSES"] = previous
     seconds = time.perf_counter() - start
     if not ir_dir:
         return seconds, None

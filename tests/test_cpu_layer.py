@@ -15,7 +15,7 @@ import mindspore as ms
 from mindspore import nn
 
 from helpers import SHALLOW, rel_err
-from models import create_model, cpu_layer_enabled, fuse_for_inference, is_accelerated
+from models import create_model, cpu_layer_enabled, fuse_for_inference, inference_rewrites, is_accelerated
 from models import swiftformer as sf
 from models.cpu import FlatSquaredNorm, accelerate, layers as cpu_layers, soft as cpu_soft
 from models.cpu import swiftformer as cpu_swiftformer
@@ -322,7 +322,7 @@ def _training_gradients(net, x, weights):
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_accelerated_network_matches_the_portable_one(name):
-    """Parameters and names, evaluation logits, every training gradient, the fused evaluation logits."""
+    """Parameters and names, the training loss and every training gradient, the fused evaluation logits."""
     ms.set_seed(0)
     portable = _randomise(create_model(name, num_classes=10, portable=True, **FAMILIES[name]), seed=3)
     fast = accelerate(copy.deepcopy(portable))
@@ -338,10 +338,10 @@ def test_accelerated_network_matches_the_portable_one(name):
     largest = max(np.abs(g).max() for g in grads)
     for param, got, want in zip(portable.trainable_params(), fast_grads, grads):
         assert np.abs(got - want).max() <= 1e-4 * largest, param.name
-    fused_portable, fused_fast = fuse_for_inference(copy.deepcopy(portable)), None
-    fused_fast = fuse_for_inference(accelerate(copy.deepcopy(portable)))
-    want = fused_portable(x).asnumpy()
-    assert rel_err(fused_fast(x).asnumpy(), want) <= 1e-5
+    if inference_rewrites(portable):  # the fused form has cells of its own (SOFT's is the network as it is)
+        fused_portable = fuse_for_inference(copy.deepcopy(portable))
+        fused_fast = fuse_for_inference(accelerate(copy.deepcopy(portable)))
+        assert rel_err(fused_fast(x).asnumpy(), fused_portable(x).asnumpy()) <= 1e-5
 
 
 def test_a_second_pass_changes_nothing():

@@ -20,7 +20,9 @@ from models.softmax_free_transformer import NewtonInverse, NewtonInverseNorm
 
 pytestmark = pytest.mark.unit
 
-FAMILIES = {"soft_tiny": {"depths": SHALLOW}, "soft_norm_tiny": {"depths": SHALLOW},
+#: one shallow model per family (SOFT with 2 Newton steps: the same operators as 20, a smaller graph)
+FAMILIES = {"soft_tiny": {"depths": SHALLOW, "newton_iters": 2},
+            "soft_norm_tiny": {"depths": SHALLOW, "newton_iters": 2},
             "SwiftFormer_XS": {"depths": (2, 1, 1, 1)}}
 
 
