@@ -23,7 +23,7 @@ from mindspore.ops.operations import _grad_ops
 from .reduce import sum_pixels, sum_rows
 
 __all__ = ["BiasAdd", "LayerNorm", "TanhGELU", "KernelActivation", "Float32Kernel", "HeadwiseConvFn",
-           "Depthwise3x3Fn", "become", "RULES"]
+           "KernelConvFn", "become", "RULES"]
 
 
 def become(cell, cls, **attributes):
@@ -169,21 +169,24 @@ class HeadwiseConvFn(nn.Cell):
         return ops.cast(dx, x.dtype), ops.cast(dw, weight.dtype)
 
 
-class Depthwise3x3Fn(nn.Cell):
-    """(x [B, C, H, W], weight [C, 1, 3, 3]) -> the 3x3 depthwise convolution (stride 1, zero padding 1) as the CPU
-    training kernel. Its input gradient is the same convolution of dout with the weight rotated by 180 degrees.
-    Stands in for the ``conv2d`` operator of an ``nn.Conv2d``."""
+class KernelConvFn(nn.Cell):
+    """(x, weight) -> ``forward(x, weight)``, a depthwise / per-head convolution (stride 1, 'same' zero padding) run
+    as a CPU kernel, with its backward from kernels too: the input gradient is the same convolution of dout with
+    the weight rotated by 180 degrees, the weight gradient ``filter_grad(dout, x, weight)``. With the training
+    kernels' ``depthwise3x3`` it stands in for the ``conv2d`` operator of a 3x3 depthwise ``nn.Conv2d`` (x
+    [B, C, H, W], weight [C, 1, 3, 3]; oneDNN's filter gradient of a depthwise convolution is the slowest
+    operator of a SwiftFormer step on CPU)."""
 
-    def __init__(self, training_kernels):
+    def __init__(self, forward, filter_grad):
         super().__init__()
-        self.depthwise3x3 = training_kernels.depthwise3x3
-        self.filter_grad = training_kernels.depthwise3x3_filter_grad
+        self.forward = forward
+        self.filter_grad = filter_grad
 
     def construct(self, x, weight):
-        return self.depthwise3x3(x, weight)
+        return self.forward(x, weight)
 
     def bprop(self, x, weight, out, dout):
-        return self.depthwise3x3(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
+        return self.forward(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
 
 
 # ---------------------------------------------------------------------------------------------------- rules
@@ -219,7 +222,8 @@ def conv2d(cell, kernels):
         cell.bias_add = BiasAdd()
         changed = True
     if kernels.training is not None and _is_depthwise(cell, 3, 1) and not _is_float32_kernel(cell.conv2d):
-        cell.conv2d = Float32Kernel(Depthwise3x3Fn(kernels.training), cell.conv2d)
+        depthwise = KernelConvFn(kernels.training.depthwise3x3, kernels.training.depthwise3x3_filter_grad)
+        cell.conv2d = Float32Kernel(depthwise, cell.conv2d)
         changed = True
     return cell if changed else None
 

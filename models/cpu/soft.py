@@ -9,10 +9,10 @@
   gradient of ``layers.HeadwiseConvFn``.
 """
 import mindspore as ms
-from mindspore import nn, ops
+from mindspore import ops
 
 from ..softmax_free_transformer import GaussianKernel, NewtonInverse, NewtonInverseNorm, SoftAttention, gaussian_kernel
-from .layers import Float32Kernel, HeadwiseConvFn, become
+from .layers import Float32Kernel, HeadwiseConvFn, KernelConvFn, become
 from .reduce import sum_last_axis
 
 __all__ = ["FastGaussianKernel", "KernelNewtonInverse", "KernelNewtonInverseNorm", "ChannelsLastSoftAttention",
@@ -60,25 +60,10 @@ class KernelNewtonInverseNorm(NewtonInverseNorm):
         return NewtonInverseNorm.construct(self, mat)
 
 
-class _ChannelsLastHeadwiseConvFn(nn.Cell):
-    """The per-head convolution of a channels-last map x [B, H, W, h·d] as the SOFT kernel, with its backward:
-    the input gradient is the same kernel with the flipped weight, the weight gradient its own kernel."""
-
-    def __init__(self, soft_kernels):
-        super().__init__()
-        self.local_conv = soft_kernels.local_conv
-        self.filter_grad = soft_kernels.local_conv_filter_grad
-
-    def construct(self, x, weight):
-        return self.local_conv(x, weight)
-
-    def bprop(self, x, weight, out, dout):
-        return self.local_conv(dout, ops.flip(weight, (2, 3))), self.filter_grad(dout, x, weight)
-
-
 class ChannelsLastSoftAttention(SoftAttention):
     """``SoftAttention`` whose local term runs the SOFT kernel on v's channels-last tokens (attribute
-    ``channels_last_fn``), for float32."""
+    ``channels_last_fn``: the SOFT kernel's per-head convolution of a channels-last map x [B, H, W, h·d] with its
+    backward, ``layers.KernelConvFn``), for float32."""
 
     def local_term(self, v, height, width):
         if v.dtype != ms.float32:
@@ -108,7 +93,8 @@ def soft_attention(cell, kernels):
     if type(cell) is not SoftAttention:
         return None
     if kernels.soft is not None:
-        return become(cell, ChannelsLastSoftAttention, channels_last_fn=_ChannelsLastHeadwiseConvFn(kernels.soft))
+        local_conv = KernelConvFn(kernels.soft.local_conv, kernels.soft.local_conv_filter_grad)
+        return become(cell, ChannelsLastSoftAttention, channels_last_fn=local_conv)
     conv = cell.local_conv
     if not isinstance(conv.conv2d, Float32Kernel):
         conv.conv2d = Float32Kernel(HeadwiseConvFn(conv.in_channels, conv.kernel_size[0]), conv.conv2d)
