@@ -13,7 +13,6 @@
 Small networks (depths 1,1,1,1, 4 Newton steps) and 64 x 64 inputs keep this file fast; CPU, graph mode.
 """
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
