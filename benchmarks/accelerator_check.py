@@ -38,6 +38,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import mindspore as ms
+from mindspore import ops
+
 REPO = Path(__file__).resolve().parents[1]
 
 MODELS = ("soft_tiny", "soft_huge", "soft_norm_tiny", "SwiftFormer_XS", "SwiftFormer_L3")
@@ -191,8 +194,6 @@ def check(counter, where=None):
 def compile_graph(cell, inputs, ir_dir=None):
     """Compile ``cell`` for ``inputs`` (nothing runs); with ``ir_dir``, its IR files go there. Returns the
     compile seconds and, with ``ir_dir``, ``graph_primitives`` of its validate-stage graph (else None)."""
-    import mindspore as ms
-
     previous = os.environ.get("MS_DEV_DUMP_IR_PASSES")
     if ir_dir:
         os.environ["MS_DEV_DUMP_IR_PASSES"] = "validate"  # only the stage read here (a third of the compile time)
@@ -218,9 +219,9 @@ def compile_graph(cell, inputs, ir_dir=None):
 
 # ------------------------------------------------------------------------------------------- one model
 def newton_steps_loop(inv, mat, iters):
-    """The Newton steps of ``models.softmax_free_transformer.newton_steps`` as a graph-mode while loop."""
-    from mindspore import Tensor, int32, ops
-    step = Tensor(0, int32)
+    """The Newton steps of ``models.softmax_free_transformer.newton_steps`` as a graph-mode while loop (a tensor
+    counter, so that graph mode keeps the loop instead of unrolling it)."""
+    step = ms.Tensor(0, ms.int32)
     while step < iters:
         inv = 2.0 * inv - ops.matmul(ops.matmul(inv, mat), inv)
         step = step + 1
@@ -239,7 +240,6 @@ def _config(name, image_size, batch):
 
 def _train_step(config):
     import numpy as np
-    import mindspore as ms
 
     from src.builder import build_network
     from src.lr_generator import lr_from_config
@@ -254,7 +254,6 @@ def _train_step(config):
 
 def _eval_net(config):
     import numpy as np
-    import mindspore as ms
 
     from src.builder import build_network
 
@@ -266,7 +265,6 @@ def _eval_net(config):
 def worker(name, what, image_size, batch, dump_ir):
     """One compile in this process: ``what`` is train, eval or train-loop (SOFT's Newton steps as a loop)."""
     os.environ["SOFT_CPU_KERNELS"] = "0"
-    import mindspore as ms
 
     ms.set_context(mode=ms.GRAPH_MODE)
     ms.set_device("CPU")
