@@ -23,7 +23,9 @@ kernels:
 PYTEST_PAR ?= -n 2 --dist loadfile
 
 test: install-test kernels
+	@echo "== whole suite, CPU speed layer on (SOFT_CPU_KERNELS=1) =="
 	$(PYTHON) -m pytest -q $(PYTEST_PAR) tests
+	@echo "== numerical tests (both_paths) on the portable path that GPU and Ascend run (SOFT_CPU_KERNELS=0) =="
 	SOFT_CPU_KERNELS=0 $(PYTHON) -m pytest -q $(PYTEST_PAR) -m both_paths tests
 
 test-fast: install-test kernels
