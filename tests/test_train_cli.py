@@ -3,7 +3,9 @@
 train.py is SIGKILLed right after its first checkpoint; ``--resume`` finishes the run (epochs 1 and 2 only,
 optimizer step and lr position restored, accuracy clearly better than chance); eval.py reproduces the best
 accuracy; a checkpoint of another backbone is one sentence naming both; an absurd learning rate stops the
-run with exit code 3 naming the last good checkpoint, which still loads.
+run with exit code 3 naming the last good checkpoint, which still loads. The resumed train.py and eval.py run
+under ``python -X importtime``: on the portable path (``SOFT_CPU_KERNELS=0``, what GPU and Ascend run) neither
+imports any module of the CPU speed layer (``models.cpu``); with the layer, both do.
 """
 import os
 import re
@@ -39,6 +41,22 @@ def _env():
 def _run(args, timeout=400, **kwargs):
     return subprocess.run([sys.executable] + args, cwd=REPO, env=_env(), capture_output=True, text=True,
                           timeout=timeout, **kwargs)
+
+
+def _cpu_layer_modules(stderr):
+    """The modules of the CPU speed layer a ``python -X importtime`` run imported (from its stderr)."""
+    names = (line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:"))
+    return sorted({name for name in names if name == "models.cpu" or name.startswith("models.cpu.")})
+
+
+def _assert_cpu_layer_imported_only_with_the_layer(stderr):
+    from models import cpu_layer_enabled
+    imported = _cpu_layer_modules(stderr)
+    assert any(line.startswith("import time:") for line in stderr.splitlines()), "no -X importtime output"
+    if cpu_layer_enabled():
+        assert "models.cpu" in imported
+    else:
+        assert not imported, f"the portable path imported {imported}"
 
 
 def _epochs(text):
@@ -85,11 +103,12 @@ def killed_run(run_dir):
 def resumed_run(run_dir, killed_run):
     out = run_dir["out"]
     ckpt = sorted(Path(out).glob("soft_tiny-1_*.ckpt"))[0]
-    proc = _run(["train.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"], "--output_path", out,
-                 "--resume", str(ckpt)] + COMMON)
+    proc = _run(["-X", "importtime", "train.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
+                 "--output_path", out, "--resume", str(ckpt)] + COMMON)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     best = re.search(r"last_metric\[([\d.]+)\]", proc.stdout)
-    return {"stdout": proc.stdout, "resumed_from": str(ckpt), "best_acc": float(best.group(1)) if best else None}
+    return {"stdout": proc.stdout, "stderr": proc.stderr, "resumed_from": str(ckpt),
+            "best_acc": float(best.group(1)) if best else None}
 
 
 def test_killed_run_left_a_complete_checkpoint(killed_run, run_dir):
@@ -113,6 +132,7 @@ def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
     from src.lr_generator import get_lr
 
     text = resumed_run["stdout"]
+    _assert_cpu_layer_imported_only_with_the_layer(resumed_run["stderr"])
     assert f"resumed from {resumed_run['resumed_from']}: 1 epochs done" in text
     epochs = _epochs(text)
     assert [int(m.group(1)) for m in epochs] == [1, 2], text[-3000:]
@@ -141,9 +161,10 @@ def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
 @pytest.mark.both_paths
 def test_eval_reproduces_best_accuracy(resumed_run, run_dir):
     best_ckpt = str(Path(run_dir["out"]) / "best.ckpt")
-    proc = _run(["eval.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
+    proc = _run(["-X", "importtime", "eval.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
                  "--checkpoint_file_path", best_ckpt] + COMMON)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _assert_cpu_layer_imported_only_with_the_layer(proc.stderr)
     match = re.search(r"^accuracy=([\d.]+), per step time: ([\d.]+)s", proc.stdout, re.M)
     assert match, proc.stdout
     assert float(match.group(1)) == pytest.approx(resumed_run["best_acc"], abs=1e-6)
