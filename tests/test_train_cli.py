@@ -43,20 +43,24 @@ def _run(args, timeout=400, **kwargs):
                           timeout=timeout, **kwargs)
 
 
-def _cpu_layer_modules(stderr):
-    """The modules of the CPU speed layer a ``python -X importtime`` run imported (from its stderr)."""
-    names = (line.rsplit("|", 1)[-1].strip() for line in stderr.splitlines() if line.startswith("import time:"))
-    return sorted({name for name in names if name == "models.cpu" or name.startswith("models.cpu.")})
+def _run_noting_imports(args):
+    """``_run`` under ``python -X importtime``: the process (its stderr without the import lines, so that
+    failure messages show the run's own output) and the names of the modules it imported, in order."""
+    proc = _run(["-X", "importtime"] + args)
+    lines = proc.stderr.splitlines()
+    imported = [line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")]
+    proc.stderr = "\n".join(line for line in lines if not line.startswith("import time:"))
+    return proc, imported
 
 
-def _assert_cpu_layer_imported_only_with_the_layer(stderr):
+def _assert_cpu_layer_imported_only_with_the_layer(imported):
     from models import cpu_layer_enabled
-    imported = _cpu_layer_modules(stderr)
-    assert any(line.startswith("import time:") for line in stderr.splitlines()), "no -X importtime output"
+    assert imported, "no -X importtime output"
+    layer = sorted({name for name in imported if name == "models.cpu" or name.startswith("models.cpu.")})
     if cpu_layer_enabled():
-        assert "models.cpu" in imported
+        assert "models.cpu" in layer
     else:
-        assert not imported, f"the portable path imported {imported}"
+        assert not layer, f"the portable path imported {layer}"
 
 
 def _epochs(text):
@@ -103,11 +107,11 @@ def killed_run(run_dir):
 def resumed_run(run_dir, killed_run):
     out = run_dir["out"]
     ckpt = sorted(Path(out).glob("soft_tiny-1_*.ckpt"))[0]
-    proc = _run(["-X", "importtime", "train.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
-                 "--output_path", out, "--resume", str(ckpt)] + COMMON)
+    proc, imported = _run_noting_imports(["train.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
+                                          "--output_path", out, "--resume", str(ckpt)] + COMMON)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     best = re.search(r"last_metric\[([\d.]+)\]", proc.stdout)
-    return {"stdout": proc.stdout, "stderr": proc.stderr, "resumed_from": str(ckpt),
+    return {"stdout": proc.stdout, "imported": imported, "resumed_from": str(ckpt),
             "best_acc": float(best.group(1)) if best else None}
 
 
@@ -132,7 +136,7 @@ def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
     from src.lr_generator import get_lr
 
     text = resumed_run["stdout"]
-    _assert_cpu_layer_imported_only_with_the_layer(resumed_run["stderr"])
+    _assert_cpu_layer_imported_only_with_the_layer(resumed_run["imported"])
     assert f"resumed from {resumed_run['resumed_from']}: 1 epochs done" in text
     epochs = _epochs(text)
     assert [int(m.group(1)) for m in epochs] == [1, 2], text[-3000:]
@@ -161,10 +165,10 @@ def test_resume_finishes_at_the_right_epoch(resumed_run, run_dir):
 @pytest.mark.both_paths
 def test_eval_reproduces_best_accuracy(resumed_run, run_dir):
     best_ckpt = str(Path(run_dir["out"]) / "best.ckpt")
-    proc = _run(["-X", "importtime", "eval.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
-                 "--checkpoint_file_path", best_ckpt] + COMMON)
+    proc, imported = _run_noting_imports(["eval.py", "--config_path", CONFIG, "--dataset_path", run_dir["data"],
+                                          "--checkpoint_file_path", best_ckpt] + COMMON)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _assert_cpu_layer_imported_only_with_the_layer(proc.stderr)
+    _assert_cpu_layer_imported_only_with_the_layer(imported)
     match = re.search(r"^accuracy=([\d.]+), per step time: ([\d.]+)s", proc.stdout, re.M)
     assert match, proc.stdout
     assert float(match.group(1)) == pytest.approx(resumed_run["best_acc"], abs=1e-6)
